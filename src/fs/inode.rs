@@ -1,0 +1,237 @@
+//! The inode table: inode numbers ⇄ paths below the mount root, with cached attributes.
+//!
+//! A path is relative to the mount root ("" is the root, "a/b.txt" a file). Numbers are never
+//! reused. When a path changes kind (a file replaced by a directory), it gets a new number, so
+//! the kernel never sees one inode change type.
+
+use std::collections::HashMap;
+use std::time::{Instant, SystemTime};
+
+pub const ROOT_INO: u64 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+}
+
+/// What the filesystem knows about one path.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub path: String,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub etag: Option<String>,
+    /// Attributes are trusted until then; afterwards the server is asked again.
+    pub valid_until: Instant,
+    /// Lookups the kernel holds (forget gives them back).
+    lookups: u64,
+}
+
+/// Fresh attributes for a path, as learnt from the server or from a local change.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub etag: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct InodeTable {
+    nodes: HashMap<u64, Node>,
+    by_path: HashMap<String, u64>,
+    next: u64,
+}
+
+impl InodeTable {
+    pub fn new(root_mtime: SystemTime) -> Self {
+        let root = Node {
+            path: String::new(),
+            kind: Kind::Dir,
+            size: 0,
+            mtime: root_mtime,
+            etag: None,
+            // The root always exists; its attributes never need the server.
+            valid_until: Instant::now() + std::time::Duration::from_secs(u32::MAX as u64),
+            lookups: 1,
+        };
+        Self {
+            nodes: HashMap::from([(ROOT_INO, root)]),
+            by_path: HashMap::from([(String::new(), ROOT_INO)]),
+            next: ROOT_INO + 1,
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Option<&Node> {
+        self.nodes.get(&ino)
+    }
+
+    pub fn get_mut(&mut self, ino: u64) -> Option<&mut Node> {
+        self.nodes.get_mut(&ino)
+    }
+
+    pub fn ino_of(&self, path: &str) -> Option<u64> {
+        self.by_path.get(path).copied()
+    }
+
+    /// Record what was observed at `path` and return its inode number.
+    pub fn observe(&mut self, path: &str, seen: Observed, valid_until: Instant) -> u64 {
+        if let Some(ino) = self.ino_of(path) {
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                if node.kind == seen.kind {
+                    node.size = seen.size;
+                    node.mtime = seen.mtime;
+                    node.etag = seen.etag;
+                    node.valid_until = valid_until;
+                    return ino;
+                }
+            }
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.nodes.insert(
+            ino,
+            Node {
+                path: path.to_string(),
+                kind: seen.kind,
+                size: seen.size,
+                mtime: seen.mtime,
+                etag: seen.etag,
+                valid_until,
+                lookups: 0,
+            },
+        );
+        self.by_path.insert(path.to_string(), ino);
+        ino
+    }
+
+    /// The kernel now holds one more reference to `ino`.
+    pub fn add_lookup(&mut self, ino: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.lookups += 1;
+        }
+    }
+
+    /// The kernel dropped `n` references; the node goes once none are left and `keep` is false.
+    pub fn forget(&mut self, ino: u64, n: u64, keep: bool) {
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        node.lookups = node.lookups.saturating_sub(n);
+        if node.lookups == 0 && ino != ROOT_INO && !keep {
+            let path = node.path.clone();
+            self.nodes.remove(&ino);
+            if self.by_path.get(&path) == Some(&ino) {
+                self.by_path.remove(&path);
+            }
+        }
+    }
+
+    /// The path no longer names anything (unlink, rmdir, or found gone on the server).
+    pub fn detach(&mut self, path: &str) {
+        if let Some(ino) = self.by_path.remove(path) {
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                node.valid_until = Instant::now();
+            }
+        }
+    }
+
+    /// Make the attributes of `path` stale, so the next use asks the server.
+    pub fn invalidate(&mut self, path: &str) {
+        if let Some(node) = self.ino_of(path).and_then(|i| self.nodes.get_mut(&i)) {
+            node.valid_until = Instant::now();
+        }
+    }
+
+    /// Move a file's node to a new path; whatever the new path named before is detached.
+    pub fn rename(&mut self, from: &str, to: &str) {
+        self.detach(to);
+        if let Some(ino) = self.by_path.remove(from) {
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                node.path = to.to_string();
+            }
+            self.by_path.insert(to.to_string(), ino);
+        }
+    }
+}
+
+/// `parent/name`, where the root is the empty path.
+pub fn child_path(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+/// The directory part of a path ("" for entries of the root).
+pub fn parent_path(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(parent, _)| parent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn file(size: u64) -> Observed {
+        Observed {
+            kind: Kind::File,
+            size,
+            mtime: SystemTime::UNIX_EPOCH,
+            etag: None,
+        }
+    }
+
+    #[test]
+    fn same_path_same_kind_keeps_its_number() {
+        let mut t = InodeTable::new(SystemTime::UNIX_EPOCH);
+        let later = Instant::now() + Duration::from_secs(1);
+        let a = t.observe("a", file(1), later);
+        assert_eq!(t.observe("a", file(2), later), a);
+        assert_eq!(t.get(a).unwrap().size, 2);
+        let dir = Observed {
+            kind: Kind::Dir,
+            ..file(0)
+        };
+        assert_ne!(t.observe("a", dir, later), a);
+    }
+
+    #[test]
+    fn forget_drops_unreferenced_nodes() {
+        let mut t = InodeTable::new(SystemTime::UNIX_EPOCH);
+        let a = t.observe("a", file(1), Instant::now());
+        t.add_lookup(a);
+        t.add_lookup(a);
+        t.forget(a, 1, false);
+        assert!(t.get(a).is_some());
+        t.forget(a, 1, false);
+        assert!(t.get(a).is_none());
+        assert_eq!(t.ino_of("a"), None);
+    }
+
+    #[test]
+    fn rename_moves_the_node() {
+        let mut t = InodeTable::new(SystemTime::UNIX_EPOCH);
+        let a = t.observe("x/a", file(1), Instant::now());
+        let b = t.observe("x/b", file(2), Instant::now());
+        t.rename("x/a", "x/b");
+        assert_eq!(t.ino_of("x/b"), Some(a));
+        assert_eq!(t.ino_of("x/a"), None);
+        assert_eq!(t.get(a).unwrap().path, "x/b");
+        assert!(
+            t.get(b).is_some(),
+            "the kernel may still hold the old target"
+        );
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(child_path("", "a"), "a");
+        assert_eq!(child_path("a", "b"), "a/b");
+        assert_eq!(parent_path("a/b/c"), "a/b");
+        assert_eq!(parent_path("a"), "");
+    }
+}

@@ -1,0 +1,845 @@
+//! The filesystem core: POSIX operations over an [`ObjectStore`], with Supabase's conventions
+//! (folder placeholders, key charset) but no knowledge of HTTP or of the kernel protocol.
+//!
+//! Methods are named after the FUSE operations. Each returns an [`FsError`], which carries its
+//! own errno and log level (see `error.rs`).
+
+mod dir;
+pub mod error;
+pub mod inode;
+mod open_file;
+mod reader;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+
+pub use error::{FsError, FsResult, Level};
+pub use inode::Kind;
+use inode::{child_path, parent_path, InodeTable, Node, Observed, ROOT_INO};
+use open_file::{save_recovery_copy, OpenFile, Staging};
+use reader::Reader;
+
+use crate::names::{check_new_name, first_refused_char, is_listable, FOLDER_PLACEHOLDER};
+use crate::store::{ObjectStore, StoreError};
+use crate::upload::{upload_file, UploadConfig, UploadError};
+
+/// Settings of one mount.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Bucket name, for recovery paths and logs.
+    pub bucket: String,
+    /// Key prefix the mount root maps to: empty, or ending with `/`.
+    pub prefix: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u16,
+    pub dir_mode: u16,
+    /// How long attributes and directory entries are trusted before asking the server again.
+    pub attr_ttl: Duration,
+    /// Holds `staging/` (files being written) and `recovery/` (data of failed uploads).
+    pub cache_dir: PathBuf,
+    pub read_only: bool,
+    pub upload: UploadConfig,
+}
+
+/// Attributes of a file or directory, as the kernel needs them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: Kind,
+    pub name: String,
+}
+
+/// Open flags the core cares about.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenMode {
+    pub write: bool,
+    pub truncate: bool,
+}
+
+impl OpenMode {
+    pub fn from_flags(flags: i32) -> Self {
+        Self {
+            write: flags & libc::O_ACCMODE != libc::O_RDONLY,
+            truncate: flags & libc::O_TRUNC != 0,
+        }
+    }
+}
+
+/// What the filesystem reports to statfs: large fixed figures, since a bucket has no fixed
+/// capacity and tools refuse to write to a disk that looks full.
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+enum Handle {
+    Dir(Arc<Vec<DirEntry>>),
+    File(Arc<FileHandle>),
+}
+
+struct FileHandle {
+    open: Arc<OpenFile>,
+    writable: bool,
+    reader: tokio::sync::Mutex<Reader>,
+}
+
+/// The filesystem over one bucket (or prefix of it).
+pub struct Fs {
+    store: Arc<dyn ObjectStore>,
+    cfg: FsConfig,
+    mounted_at: SystemTime,
+    inodes: Mutex<InodeTable>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    open_files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    next_fh: AtomicU64,
+    staging_seq: AtomicU64,
+    /// Keys already reported as unshowable, so each is logged once.
+    warned: Mutex<HashSet<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The tables stay consistent between statements, so a panic elsewhere leaves them usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Fs {
+    pub fn new(store: Arc<dyn ObjectStore>, cfg: FsConfig) -> FsResult<Self> {
+        let staging = cfg.cache_dir.join("staging");
+        std::fs::create_dir_all(&staging)
+            .map_err(|e| FsError::local(format!("creating {}", staging.display()), e))?;
+        let mounted_at = SystemTime::now();
+        Ok(Self {
+            store,
+            cfg,
+            mounted_at,
+            inodes: Mutex::new(InodeTable::new(mounted_at)),
+            handles: Mutex::new(HashMap::new()),
+            open_files: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            staging_seq: AtomicU64::new(0),
+            warned: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.cfg
+    }
+
+    pub fn attr_ttl(&self) -> Duration {
+        self.cfg.attr_ttl
+    }
+
+    // ----- paths and keys -----
+
+    fn key(&self, path: &str) -> String {
+        format!("{}{}", self.cfg.prefix, path)
+    }
+
+    /// The listing prefix of a directory path.
+    fn dir_prefix(&self, path: &str) -> String {
+        if path.is_empty() {
+            self.cfg.prefix.clone()
+        } else {
+            format!("{}{}/", self.cfg.prefix, path)
+        }
+    }
+
+    fn node(&self, ino: u64) -> FsResult<Node> {
+        lock(&self.inodes)
+            .get(ino)
+            .cloned()
+            .ok_or(FsError::NotFound)
+    }
+
+    fn path_of(&self, ino: u64) -> FsResult<String> {
+        Ok(self.node(ino)?.path)
+    }
+
+    fn dir_path(&self, ino: u64) -> FsResult<String> {
+        let node = self.node(ino)?;
+        if node.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        Ok(node.path)
+    }
+
+    fn fresh_until(&self) -> Instant {
+        Instant::now() + self.cfg.attr_ttl
+    }
+
+    fn attr_of(&self, ino: u64, node: &Node) -> Attr {
+        let staged_size = self
+            .open_file(ino)
+            .and_then(|o| o.staging())
+            .map(|s| s.size());
+        let (perm, size) = match node.kind {
+            Kind::Dir => (self.cfg.dir_mode, 0),
+            Kind::File => (self.cfg.file_mode, staged_size.unwrap_or(node.size)),
+        };
+        Attr {
+            ino,
+            kind: node.kind,
+            size,
+            mtime: node.mtime,
+            perm,
+            uid: self.cfg.uid,
+            gid: self.cfg.gid,
+        }
+    }
+
+    fn open_file(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        lock(&self.open_files).get(&ino).cloned()
+    }
+
+    fn is_staged(&self, ino: u64) -> bool {
+        self.open_file(ino).is_some_and(|o| o.staging().is_some())
+    }
+
+    fn observe(&self, path: &str, seen: Observed) -> Attr {
+        let mut inodes = lock(&self.inodes);
+        let ino = inodes.observe(path, seen, self.fresh_until());
+        let node = inodes.get(ino).cloned().expect("just observed");
+        drop(inodes);
+        self.attr_of(ino, &node)
+    }
+
+    fn warn_once(&self, key: &str, message: &str) {
+        if lock(&self.warned).insert(key.to_string()) {
+            tracing::warn!(key, "{message}");
+        }
+    }
+
+    fn check_writable(&self) -> FsResult<()> {
+        if self.cfg.read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_name(&self, name: &str) -> FsResult<()> {
+        check_new_name(name).map_err(|reason| FsError::InvalidName {
+            name: name.to_string(),
+            reason,
+        })
+    }
+
+    // ----- resolving paths against the server -----
+
+    /// What `path` is on the server right now: a directory if any key lies under `path/`,
+    /// else a file if the key exists.
+    async fn resolve(&self, path: &str) -> FsResult<Option<Observed>> {
+        let key = self.key(path);
+        let under = format!("{key}/");
+        let (head, listing) = tokio::join!(
+            self.store.head(&key),
+            self.store.list_page(&under, None, None, 1)
+        );
+        let listing = listing?;
+        if !listing.objects.is_empty() || !listing.prefixes.is_empty() {
+            if head.is_ok() {
+                self.warn_once(&key, "object hidden by a directory of the same name");
+            }
+            return Ok(Some(Observed {
+                kind: Kind::Dir,
+                size: 0,
+                mtime: self.mounted_at,
+                etag: None,
+            }));
+        }
+        match head {
+            Ok(info) => Ok(Some(Observed {
+                kind: Kind::File,
+                size: info.size,
+                mtime: info.last_modified.unwrap_or(self.mounted_at),
+                etag: info.etag,
+            })),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Attributes of `path`: cached while fresh, local while staged, else from the server.
+    async fn stat_path(&self, path: &str) -> FsResult<Option<Attr>> {
+        let cached = {
+            let inodes = lock(&self.inodes);
+            inodes
+                .ino_of(path)
+                .and_then(|ino| inodes.get(ino).map(|n| (ino, n.clone())))
+        };
+        if let Some((ino, node)) = cached {
+            if node.valid_until > Instant::now() || self.is_staged(ino) {
+                return Ok(Some(self.attr_of(ino, &node)));
+            }
+        }
+        match self.resolve(path).await? {
+            Some(seen) => Ok(Some(self.observe(path, seen))),
+            None => {
+                lock(&self.inodes).detach(path);
+                Ok(None)
+            }
+        }
+    }
+
+    // ----- namespace operations -----
+
+    pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        let dir = self.dir_path(parent)?;
+        // Names the server cannot hold cannot exist there; skip the requests.
+        if name == FOLDER_PLACEHOLDER || !is_listable(name) || first_refused_char(name).is_some() {
+            return Err(FsError::NotFound);
+        }
+        let attr = self
+            .stat_path(&child_path(&dir, name))
+            .await?
+            .ok_or(FsError::NotFound)?;
+        lock(&self.inodes).add_lookup(attr.ino);
+        Ok(attr)
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        let keep = self.open_file(ino).is_some();
+        lock(&self.inodes).forget(ino, n, keep);
+    }
+
+    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let path = self.path_of(ino)?;
+        if ino == ROOT_INO {
+            let node = self.node(ino)?;
+            return Ok(self.attr_of(ino, &node));
+        }
+        let attr = self.stat_path(&path).await?.ok_or(FsError::NotFound)?;
+        if attr.ino != ino {
+            // The path now names something else (another client replaced it).
+            return Err(FsError::NotFound);
+        }
+        Ok(attr)
+    }
+
+    /// Change the size (truncate); modes, owners and times are accepted and not kept.
+    pub async fn setattr(&self, ino: u64, size: Option<u64>) -> FsResult<Attr> {
+        if let Some(size) = size {
+            self.check_writable()?;
+            if self.node(ino)?.kind == Kind::Dir {
+                return Err(FsError::IsDir);
+            }
+            match self.open_file(ino).and_then(|o| o.staging()) {
+                Some(staging) => staging.truncate(size).await?,
+                None => self.truncate_closed(ino, size).await?,
+            }
+        }
+        self.getattr(ino).await
+    }
+
+    /// `truncate -s` on a file nobody has open: stage, change, upload, close.
+    async fn truncate_closed(&self, ino: u64, size: u64) -> FsResult<()> {
+        let fh = self
+            .open(
+                ino,
+                OpenMode {
+                    write: true,
+                    truncate: size == 0,
+                },
+            )
+            .await?;
+        let result = async {
+            let staging = self
+                .file_handle(fh)?
+                .open
+                .staging()
+                .ok_or(FsError::BadHandle(fh))?;
+            staging.truncate(size).await?;
+            self.flush(fh).await
+        }
+        .await;
+        let released = self.release(fh).await;
+        result.and(released)
+    }
+
+    pub async fn mkdir(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        self.check_writable()?;
+        self.check_name(name)?;
+        let dir = self.dir_path(parent)?;
+        let path = child_path(&dir, name);
+        if self.stat_path(&path).await?.is_some() {
+            return Err(FsError::Exists);
+        }
+        let placeholder = format!("{}/{FOLDER_PLACEHOLDER}", self.key(&path));
+        self.store.put(&placeholder, Bytes::new()).await?;
+        let attr = self.observe(
+            &path,
+            Observed {
+                kind: Kind::Dir,
+                size: 0,
+                mtime: SystemTime::now(),
+                etag: None,
+            },
+        );
+        lock(&self.inodes).add_lookup(attr.ino);
+        Ok(attr)
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.check_writable()?;
+        let path = child_path(&self.dir_path(parent)?, name);
+        let attr = self.stat_path(&path).await?.ok_or(FsError::NotFound)?;
+        if attr.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        if let Some(open) = self.open_file(attr.ino) {
+            open.unlinked.store(true, Ordering::Release);
+        }
+        self.store.delete(&self.key(&path)).await?;
+        lock(&self.inodes).detach(&path);
+        Ok(())
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.check_writable()?;
+        let path = child_path(&self.dir_path(parent)?, name);
+        let attr = self.stat_path(&path).await?.ok_or(FsError::NotFound)?;
+        if attr.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let prefix = self.dir_prefix(&path);
+        let placeholder = format!("{prefix}{FOLDER_PLACEHOLDER}");
+        // At most the marker, the placeholder and one more key decide emptiness.
+        let page = self.store.list_page(&prefix, None, None, 3).await?;
+        let others = page
+            .objects
+            .iter()
+            .any(|o| o.key != prefix && o.key != placeholder);
+        if others || !page.prefixes.is_empty() || self.has_local_children(&path) {
+            return Err(FsError::NotEmpty);
+        }
+        self.store.delete(&placeholder).await?;
+        self.store.delete(&prefix).await?;
+        lock(&self.inodes).detach(&path);
+        Ok(())
+    }
+
+    /// Files created below `dir` that exist only locally so far.
+    fn local_children(&self, dir: &str) -> Vec<(u64, String)> {
+        let open: Vec<u64> = lock(&self.open_files).keys().copied().collect();
+        let inodes = lock(&self.inodes);
+        open.into_iter()
+            .filter_map(|ino| inodes.get(ino).map(|n| (ino, n.path.clone())))
+            .filter(|(ino, path)| parent_path(path) == dir && inodes.ino_of(path) == Some(*ino))
+            .collect()
+    }
+
+    fn has_local_children(&self, dir: &str) -> bool {
+        !self.local_children(dir).is_empty()
+    }
+
+    /// Rename a file: server-side copy, then delete of the old key.
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        flags: u32,
+    ) -> FsResult<()> {
+        self.check_writable()?;
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            return Err(FsError::Invalid(
+                "RENAME_EXCHANGE cannot be done atomically on S3",
+            ));
+        }
+        self.check_name(new_name)?;
+        let from = child_path(&self.dir_path(parent)?, name);
+        let to = child_path(&self.dir_path(new_parent)?, new_name);
+        let source = self.stat_path(&from).await?.ok_or(FsError::NotFound)?;
+        if source.kind == Kind::Dir {
+            return Err(FsError::Unsupported("renaming a directory"));
+        }
+        if let Some(target) = self.stat_path(&to).await? {
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                return Err(FsError::Exists);
+            }
+            if target.kind == Kind::Dir {
+                return Err(FsError::IsDir);
+            }
+        }
+        // Data still staged must be on the server before it can be copied there.
+        if let Some(open) = self.open_file(source.ino) {
+            self.upload_staged(&open).await?;
+        }
+        let (from_key, to_key) = (self.key(&from), self.key(&to));
+        self.store.copy(&from_key, &to_key).await?;
+        self.store.delete(&from_key).await?;
+        let mut inodes = lock(&self.inodes);
+        inodes.rename(&from, &to);
+        if let Some(node) = inodes.get_mut(source.ino) {
+            node.valid_until = Instant::now() + self.cfg.attr_ttl;
+        }
+        Ok(())
+    }
+
+    pub fn statfs(&self) -> StatFs {
+        StatFs {
+            blocks: 1 << 40,
+            bfree: 1 << 40,
+            files: 1 << 32,
+            ffree: 1 << 32,
+            bsize: 4096,
+            namelen: crate::names::MAX_NAME_BYTES as u32,
+        }
+    }
+
+    // ----- directories -----
+
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let path = self.dir_path(ino)?;
+        let prefix = self.dir_prefix(&path);
+        let (listed, skipped) =
+            dir::list_dir(self.store.as_ref(), &prefix, self.mounted_at).await?;
+        for key in &skipped.unlistable {
+            self.warn_once(
+                key,
+                "key skipped: it cannot be a file name (empty, '.', '..' or over 255 bytes)",
+            );
+        }
+        for key in &skipped.shadowed {
+            self.warn_once(key, "object hidden by a directory of the same name");
+        }
+        let parent_ino = {
+            let inodes = lock(&self.inodes);
+            inodes.ino_of(parent_path(&path)).unwrap_or(ROOT_INO)
+        };
+        let mut entries = vec![
+            DirEntry {
+                ino,
+                kind: Kind::Dir,
+                name: ".".into(),
+            },
+            DirEntry {
+                ino: parent_ino,
+                kind: Kind::Dir,
+                name: "..".into(),
+            },
+        ];
+        let mut names = HashSet::new();
+        for item in listed {
+            let child = child_path(&path, &item.name);
+            let attr = self.observe_listed(&child, item.seen);
+            names.insert(item.name.clone());
+            entries.push(DirEntry {
+                ino: attr.ino,
+                kind: attr.kind,
+                name: item.name,
+            });
+        }
+        for (child_ino, child) in self.local_children(&path) {
+            let name = child.rsplit('/').next().unwrap_or(&child).to_string();
+            if !names.contains(&name) {
+                entries.push(DirEntry {
+                    ino: child_ino,
+                    kind: Kind::File,
+                    name,
+                });
+            }
+        }
+        Ok(self.add_handle(Handle::Dir(Arc::new(entries))))
+    }
+
+    /// A listing refreshes cached attributes, except those of files staged locally.
+    fn observe_listed(&self, path: &str, seen: Observed) -> Attr {
+        let staged = {
+            let inodes = lock(&self.inodes);
+            inodes.ino_of(path).filter(|&ino| self.is_staged(ino))
+        };
+        match staged {
+            Some(ino) => {
+                let node = self.node(ino).expect("staged nodes stay in the table");
+                self.attr_of(ino, &node)
+            }
+            None => self.observe(path, seen),
+        }
+    }
+
+    /// The listing taken at opendir; readdir offsets are positions in it.
+    pub fn readdir(&self, fh: u64) -> FsResult<Arc<Vec<DirEntry>>> {
+        match lock(&self.handles).get(&fh) {
+            Some(Handle::Dir(entries)) => Ok(entries.clone()),
+            _ => Err(FsError::BadHandle(fh)),
+        }
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        lock(&self.handles).remove(&fh);
+    }
+
+    fn add_handle(&self, handle: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, handle);
+        fh
+    }
+
+    fn file_handle(&self, fh: u64) -> FsResult<Arc<FileHandle>> {
+        match lock(&self.handles).get(&fh) {
+            Some(Handle::File(h)) => Ok(h.clone()),
+            _ => Err(FsError::BadHandle(fh)),
+        }
+    }
+
+    // ----- files -----
+
+    /// Create and open a new, empty file; it reaches the server when first flushed.
+    pub async fn create(&self, parent: u64, name: &str) -> FsResult<(Attr, u64)> {
+        self.check_writable()?;
+        self.check_name(name)?;
+        let path = child_path(&self.dir_path(parent)?, name);
+        let attr = self.observe(
+            &path,
+            Observed {
+                kind: Kind::File,
+                size: 0,
+                mtime: SystemTime::now(),
+                etag: None,
+            },
+        );
+        let fh = self
+            .open(
+                attr.ino,
+                OpenMode {
+                    write: true,
+                    truncate: true,
+                },
+            )
+            .await?;
+        lock(&self.inodes).add_lookup(attr.ino);
+        Ok((attr, fh))
+    }
+
+    pub async fn open(&self, ino: u64, mode: OpenMode) -> FsResult<u64> {
+        let node = self.node(ino)?;
+        if node.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        if mode.write {
+            self.check_writable()?;
+        }
+        let open = {
+            let mut open_files = lock(&self.open_files);
+            let open = open_files
+                .entry(ino)
+                .or_insert_with(|| Arc::new(OpenFile::new(ino)))
+                .clone();
+            open.handles.fetch_add(1, Ordering::AcqRel);
+            open
+        };
+        let prepared = if mode.write {
+            self.prepare_staging(&open, &node, mode.truncate).await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = prepared {
+            self.drop_open_ref(&open);
+            return Err(e);
+        }
+        let reader = Reader::new(self.key(&node.path), node.size, None);
+        let handle = FileHandle {
+            open,
+            writable: mode.write,
+            reader: tokio::sync::Mutex::new(reader),
+        };
+        Ok(self.add_handle(Handle::File(Arc::new(handle))))
+    }
+
+    /// Make sure writes to `open` have a local copy to go to: fetched from the server unless
+    /// the open truncates.
+    async fn prepare_staging(&self, open: &OpenFile, node: &Node, truncate: bool) -> FsResult<()> {
+        let _upload = open.upload.lock().await;
+        if let Some(staging) = open.staging() {
+            if truncate {
+                staging.truncate(0).await?;
+            }
+            return Ok(());
+        }
+        let name = format!(
+            "{}-{}",
+            std::process::id(),
+            self.staging_seq.fetch_add(1, Ordering::Relaxed)
+        );
+        let staging = Staging::create(self.cfg.cache_dir.join("staging").join(name))?;
+        if truncate {
+            staging.mark_dirty();
+        } else if node.size > 0 {
+            self.download_into(&staging, &self.key(&node.path), node.size)
+                .await?;
+        }
+        open.set_staging(Arc::new(staging));
+        Ok(())
+    }
+
+    async fn download_into(&self, staging: &Staging, key: &str, size: u64) -> FsResult<()> {
+        let mut reader = Reader::new(key.to_string(), size, None);
+        let mut offset = 0;
+        while offset < size {
+            let chunk = reader.read(self.store.as_ref(), offset, 8 << 20).await?;
+            if chunk.is_empty() {
+                return Err(FsError::Stale);
+            }
+            let len = chunk.len() as u64;
+            staging.fill(offset, chunk).await?;
+            offset += len;
+        }
+        Ok(())
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let handle = self.file_handle(fh)?;
+        if let Some(staging) = handle.open.staging() {
+            return staging.read_at(offset, size).await;
+        }
+        let mut reader = handle.reader.lock().await;
+        reader.read(self.store.as_ref(), offset, size).await
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> FsResult<u32> {
+        let handle = self.file_handle(fh)?;
+        if !handle.writable {
+            return Err(FsError::BadHandle(fh));
+        }
+        let staging = handle.open.staging().ok_or(FsError::BadHandle(fh))?;
+        staging.write_at(offset, data).await
+    }
+
+    /// close() and fsync(): the staged data is on the server when this returns Ok.
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let handle = self.file_handle(fh)?;
+        self.upload_staged(&handle.open).await
+    }
+
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let handle = match lock(&self.handles).remove(&fh) {
+            Some(Handle::File(h)) => h,
+            _ => return Err(FsError::BadHandle(fh)),
+        };
+        // close() already reported a failed upload; this retry only helps if it was transient.
+        let result = self.upload_staged(&handle.open).await;
+        self.drop_open_ref(&handle.open);
+        result
+    }
+
+    fn drop_open_ref(&self, open: &Arc<OpenFile>) {
+        let mut open_files = lock(&self.open_files);
+        if open.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            open_files.remove(&open.ino);
+        }
+    }
+
+    /// Upload the staged copy if it has changes the server lacks.
+    async fn upload_staged(&self, open: &OpenFile) -> FsResult<()> {
+        let mut recovery = open.upload.lock().await;
+        let Some(staging) = open.staging() else {
+            return Ok(());
+        };
+        if !staging.is_dirty() {
+            return Ok(());
+        }
+        let generation = staging.generation();
+        if open.unlinked.load(Ordering::Acquire) {
+            staging.mark_uploaded(generation);
+            return Ok(());
+        }
+        let path = self.path_of(open.ino)?;
+        let key = self.key(&path);
+        let size = staging.size();
+        let started = Instant::now();
+        match upload_file(
+            self.store.as_ref(),
+            &key,
+            staging.file.clone(),
+            size,
+            self.cfg.upload,
+        )
+        .await
+        {
+            Ok(etag) => {
+                staging.mark_uploaded(generation);
+                tracing::debug!(
+                    key,
+                    size,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "uploaded"
+                );
+                self.observe(
+                    &path,
+                    Observed {
+                        kind: Kind::File,
+                        size,
+                        mtime: SystemTime::now(),
+                        etag,
+                    },
+                );
+                if let Some(old) = recovery.take() {
+                    tracing::info!(key, recovery = %old.display(), "upload succeeded on retry; the earlier recovery copy is no longer needed");
+                }
+                Ok(())
+            }
+            Err(err) => {
+                let saved = save_recovery_copy(
+                    staging.path(),
+                    &self.cfg.cache_dir.join("recovery"),
+                    &self.cfg.bucket,
+                    &key,
+                );
+                match &saved {
+                    Ok(copy) => tracing::error!(
+                        key, path = %path, error = %err, recovery = %copy.display(),
+                        "upload failed; the written data is kept in the recovery copy"
+                    ),
+                    Err(e) => tracing::error!(
+                        key, path = %path, error = %err, staging = %staging.path().display(),
+                        "upload failed and the recovery copy could not be written: {e}"
+                    ),
+                }
+                *recovery = saved.ok();
+                Err(match err {
+                    UploadError::Store(e) => FsError::Store(e),
+                    UploadError::Staging(e) => {
+                        FsError::local(format!("reading staged data of {key}"), e)
+                    }
+                })
+            }
+        }
+    }
+
+    /// Upload whatever is still staged, at unmount.
+    pub async fn shutdown(&self) {
+        let open: Vec<Arc<OpenFile>> = lock(&self.open_files).values().cloned().collect();
+        for file in open {
+            if let Err(e) = self.upload_staged(&file).await {
+                tracing::error!(ino = file.ino, error = %e, "data of an open file could not be uploaded at unmount");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

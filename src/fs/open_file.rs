@@ -1,0 +1,237 @@
+//! Open files: the local staging copy that writes go to, its upload on flush, and the
+//! recovery copy kept when an upload fails.
+//!
+//! One [`OpenFile`] exists per inode while any handle is open, so every handle of a file sees
+//! the same staged bytes. Writes and uploads are coordinated by generation numbers rather than
+//! a lock held across the upload: a write bumps `write_gen`; an upload that started at
+//! generation `g` marks `g` as uploaded when it succeeds, so a write that raced with it keeps
+//! the file dirty.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use super::error::{FsError, FsResult};
+
+/// The local copy of a file being written.
+#[derive(Debug)]
+pub struct Staging {
+    pub file: Arc<File>,
+    path: PathBuf,
+    size: AtomicU64,
+    write_gen: AtomicU64,
+    uploaded_gen: AtomicU64,
+}
+
+impl Staging {
+    /// Create an empty staging file at `path`, readable only by the mounting user.
+    pub fn create(path: PathBuf) -> FsResult<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| FsError::local(format!("creating {}", path.display()), e))?;
+        Ok(Self {
+            file: Arc::new(file),
+            path,
+            size: AtomicU64::new(0),
+            write_gen: AtomicU64::new(0),
+            uploaded_gen: AtomicU64::new(0),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        self.write_gen.load(Ordering::Acquire) != self.uploaded_gen.load(Ordering::Acquire)
+    }
+
+    /// The generation an upload starting now would make durable.
+    pub fn generation(&self) -> u64 {
+        self.write_gen.load(Ordering::Acquire)
+    }
+
+    pub fn mark_uploaded(&self, generation: u64) {
+        self.uploaded_gen.fetch_max(generation, Ordering::AcqRel);
+    }
+
+    /// Something changed that must reach the server (a new file that is still empty counts).
+    pub fn mark_dirty(&self) {
+        self.write_gen.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub async fn write_at(&self, offset: u64, data: Vec<u8>) -> FsResult<u32> {
+        let len = data.len() as u64;
+        let file = self.file.clone();
+        run_blocking(&self.path, move || file.write_all_at(&data, offset)).await?;
+        self.size.fetch_max(offset + len, Ordering::AcqRel);
+        self.mark_dirty();
+        Ok(len as u32)
+    }
+
+    pub async fn read_at(&self, offset: u64, len: u32) -> FsResult<Bytes> {
+        let size = self.size();
+        if offset >= size {
+            return Ok(Bytes::new());
+        }
+        let len = (len as u64).min(size - offset) as usize;
+        let file = self.file.clone();
+        let data = run_blocking(&self.path, move || {
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, offset)?;
+            Ok(buf)
+        })
+        .await?;
+        Ok(Bytes::from(data))
+    }
+
+    pub async fn truncate(&self, size: u64) -> FsResult<()> {
+        let file = self.file.clone();
+        run_blocking(&self.path, move || file.set_len(size)).await?;
+        self.size.store(size, Ordering::Release);
+        self.mark_dirty();
+        Ok(())
+    }
+
+    /// Append fetched bytes while filling the staging copy from the server.
+    pub async fn fill(&self, offset: u64, data: Bytes) -> FsResult<()> {
+        let file = self.file.clone();
+        let end = offset + data.len() as u64;
+        run_blocking(&self.path, move || file.write_all_at(&data, offset)).await?;
+        self.size.fetch_max(end, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove a staging file");
+        }
+    }
+}
+
+async fn run_blocking<T: Send + 'static>(
+    path: &Path,
+    job: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> FsResult<T> {
+    let context = || format!("staging file {}", path.display());
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|e| FsError::local(context(), std::io::Error::other(e)))?
+        .map_err(|e| FsError::local(context(), e))
+}
+
+/// State shared by all handles of one inode.
+#[derive(Debug)]
+pub struct OpenFile {
+    pub ino: u64,
+    /// Handles open on this inode; changed only under the filesystem's open-files lock.
+    pub handles: AtomicUsize,
+    staging: Mutex<Option<Arc<Staging>>>,
+    /// Serialises uploads (and creating the staging copy); holds the last recovery copy.
+    pub upload: tokio::sync::Mutex<Option<PathBuf>>,
+    /// Unlinked while open: its data must not be uploaded again.
+    pub unlinked: AtomicBool,
+}
+
+impl OpenFile {
+    pub fn new(ino: u64) -> Self {
+        Self {
+            ino,
+            handles: AtomicUsize::new(0),
+            staging: Mutex::new(None),
+            upload: tokio::sync::Mutex::new(None),
+            unlinked: AtomicBool::new(false),
+        }
+    }
+
+    pub fn staging(&self) -> Option<Arc<Staging>> {
+        self.staging
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_staging(&self, staging: Arc<Staging>) {
+        *self.staging.lock().unwrap_or_else(|e| e.into_inner()) = Some(staging);
+    }
+}
+
+/// Keep a copy of staged bytes whose upload failed, under `dir/<bucket>/<key>`; returns its
+/// path. An existing copy of the same key gets a numbered sibling instead of being replaced.
+pub fn save_recovery_copy(
+    staging: &Path,
+    dir: &Path,
+    bucket: &str,
+    key: &str,
+) -> std::io::Result<PathBuf> {
+    let target = dir.join(bucket).join(key);
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut candidate = target.clone();
+    let mut n = 1;
+    while candidate.exists() {
+        candidate = PathBuf::from(format!("{}.{n}", target.display()));
+        n += 1;
+    }
+    std::fs::copy(staging, &candidate)?;
+    Ok(candidate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn generations_track_dirtiness_across_a_racing_upload() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::create(dir.path().join("s")).unwrap();
+        assert!(!staging.is_dirty());
+        staging.write_at(0, b"hello".to_vec()).await.unwrap();
+        let uploading = staging.generation();
+        staging.write_at(5, b"!".to_vec()).await.unwrap();
+        staging.mark_uploaded(uploading);
+        assert!(
+            staging.is_dirty(),
+            "the write after the upload began is not durable"
+        );
+        staging.mark_uploaded(staging.generation());
+        assert!(!staging.is_dirty());
+        assert_eq!(&staging.read_at(0, 100).await.unwrap()[..], b"hello!");
+    }
+
+    #[tokio::test]
+    async fn staging_file_is_removed_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        drop(Staging::create(path.clone()).unwrap());
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn recovery_copies_never_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let staged = dir.path().join("staged");
+        std::fs::write(&staged, b"data").unwrap();
+        let rec = dir.path().join("recovery");
+        let first = save_recovery_copy(&staged, &rec, "b", "a/k.txt").unwrap();
+        let second = save_recovery_copy(&staged, &rec, "b", "a/k.txt").unwrap();
+        assert_eq!(first, rec.join("b/a/k.txt"));
+        assert_ne!(first, second);
+        assert_eq!(std::fs::read(second).unwrap(), b"data");
+    }
+}

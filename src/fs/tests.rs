@@ -1,0 +1,314 @@
+//! The filesystem core against the in-memory store, which follows Supabase's rules.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::store::memory::{MemoryStore, Op};
+
+const ROOT: u64 = ROOT_INO;
+const WRITE: OpenMode = OpenMode {
+    write: true,
+    truncate: false,
+};
+const READ: OpenMode = OpenMode {
+    write: false,
+    truncate: false,
+};
+
+struct Harness {
+    fs: Fs,
+    store: Arc<MemoryStore>,
+    _cache: tempfile::TempDir,
+}
+
+fn harness_with(prefix: &str, ttl: Duration) -> Harness {
+    let store = Arc::new(MemoryStore::new());
+    let cache = tempfile::tempdir().unwrap();
+    let cfg = FsConfig {
+        bucket: "b".into(),
+        prefix: prefix.into(),
+        uid: 1000,
+        gid: 1000,
+        file_mode: 0o644,
+        dir_mode: 0o755,
+        attr_ttl: ttl,
+        cache_dir: cache.path().to_path_buf(),
+        read_only: false,
+        upload: UploadConfig::default(),
+    };
+    let fs = Fs::new(store.clone(), cfg).unwrap();
+    Harness {
+        fs,
+        store,
+        _cache: cache,
+    }
+}
+
+fn harness() -> Harness {
+    harness_with("", Duration::ZERO)
+}
+
+impl Harness {
+    async fn write_file(&self, parent: u64, name: &str, data: &[u8]) -> FsResult<u64> {
+        let (attr, fh) = self.fs.create(parent, name).await?;
+        if !data.is_empty() {
+            self.fs.write(fh, 0, data.to_vec()).await?;
+        }
+        self.fs.flush(fh).await?;
+        self.fs.release(fh).await?;
+        Ok(attr.ino)
+    }
+
+    async fn read_all(&self, ino: u64) -> Vec<u8> {
+        let fh = self.fs.open(ino, READ).await.unwrap();
+        let mut out = Vec::new();
+        loop {
+            let chunk = self.fs.read(fh, out.len() as u64, 1 << 20).await.unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            out.extend_from_slice(&chunk);
+        }
+        self.fs.release(fh).await.unwrap();
+        out
+    }
+
+    async fn names(&self, ino: u64) -> Vec<String> {
+        let fh = self.fs.opendir(ino).await.unwrap();
+        let names = self
+            .fs
+            .readdir(fh)
+            .unwrap()
+            .iter()
+            .map(|e| e.name.clone())
+            .collect();
+        self.fs.releasedir(fh);
+        names
+    }
+}
+
+#[tokio::test]
+async fn create_write_close_uploads_once() {
+    let h = harness();
+    let ino = h.write_file(ROOT, "a.txt", b"hi\n").await.unwrap();
+    assert_eq!(h.store.object("a.txt").unwrap(), &b"hi\n"[..]);
+    assert_eq!(h.store.count(Op::Put), 1);
+    assert_eq!(h.read_all(ino).await, b"hi\n");
+}
+
+#[tokio::test]
+async fn empty_new_file_still_creates_an_object() {
+    let h = harness();
+    h.write_file(ROOT, "empty", b"").await.unwrap();
+    assert_eq!(h.store.object("empty").unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn files_larger_than_a_part_go_multipart() {
+    let h = harness();
+    let data: Vec<u8> = (0..(40 << 20)).map(|i| (i * 7 % 256) as u8).collect();
+    let ino = h.write_file(ROOT, "big", &data).await.unwrap();
+    assert!(h.store.count(Op::UploadPart) >= 5);
+    assert_eq!(h.store.object("big").unwrap(), &data[..]);
+    assert_eq!(h.read_all(ino).await, data);
+}
+
+#[tokio::test]
+async fn failed_upload_is_the_error_of_close_and_data_is_kept() {
+    let h = harness();
+    let (_, fh) = h.fs.create(ROOT, "lost.txt").await.unwrap();
+    h.fs.write(fh, 0, b"precious".to_vec()).await.unwrap();
+    h.store.set_offline(true);
+    let err = h.fs.flush(fh).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO);
+    let kept = h.fs.config().cache_dir.join("recovery/b/lost.txt");
+    assert_eq!(std::fs::read(kept).unwrap(), b"precious");
+    assert!(h.fs.release(fh).await.is_err());
+    assert!(h.store.keys().is_empty());
+}
+
+#[tokio::test]
+async fn listing_hides_placeholders_and_shows_local_files() {
+    let h = harness();
+    h.store.insert("d/.emptyFolderPlaceholder", "");
+    h.store.insert("d/x", "1");
+    h.store.insert("top", "2");
+    let (_, fh) = h.fs.create(ROOT, "new").await.unwrap();
+    assert_eq!(h.names(ROOT).await, [".", "..", "d", "top", "new"]);
+    let d = h.fs.lookup(ROOT, "d").await.unwrap();
+    assert_eq!(h.names(d.ino).await, [".", "..", "x"]);
+    h.fs.release(fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn mkdir_and_rmdir_use_the_placeholder() {
+    let h = harness();
+    let d = h.fs.mkdir(ROOT, "d").await.unwrap();
+    assert_eq!(h.store.keys(), ["d/.emptyFolderPlaceholder"]);
+    assert_eq!(h.names(d.ino).await, [".", ".."]);
+    h.write_file(d.ino, "f", b"x").await.unwrap();
+    assert_eq!(
+        h.fs.rmdir(ROOT, "d").await.unwrap_err().errno(),
+        libc::ENOTEMPTY
+    );
+    h.fs.unlink(d.ino, "f").await.unwrap();
+    h.fs.rmdir(ROOT, "d").await.unwrap();
+    assert!(h.store.keys().is_empty());
+}
+
+#[tokio::test]
+async fn a_dir_marker_from_another_tool_is_a_directory() {
+    let h = harness();
+    h.store.insert("m/", "");
+    let m = h.fs.lookup(ROOT, "m").await.unwrap();
+    assert_eq!(m.kind, Kind::Dir);
+    h.fs.rmdir(ROOT, "m").await.unwrap();
+    assert!(h.store.keys().is_empty());
+}
+
+#[tokio::test]
+async fn rename_copies_then_deletes() {
+    let h = harness();
+    h.write_file(ROOT, "x", b"hello").await.unwrap();
+    h.fs.rename(ROOT, "x", ROOT, "y", 0).await.unwrap();
+    assert_eq!(h.store.keys(), ["y"]);
+    let y = h.fs.lookup(ROOT, "y").await.unwrap();
+    assert_eq!(h.read_all(y.ino).await, b"hello");
+    assert_eq!(
+        h.fs.lookup(ROOT, "x").await.unwrap_err().errno(),
+        libc::ENOENT
+    );
+}
+
+#[tokio::test]
+async fn rename_noreplace_and_exchange() {
+    let h = harness();
+    h.write_file(ROOT, "a", b"1").await.unwrap();
+    h.write_file(ROOT, "b", b"2").await.unwrap();
+    let noreplace =
+        h.fs.rename(ROOT, "a", ROOT, "b", libc::RENAME_NOREPLACE)
+            .await;
+    assert_eq!(noreplace.unwrap_err().errno(), libc::EEXIST);
+    let exchange =
+        h.fs.rename(ROOT, "a", ROOT, "b", libc::RENAME_EXCHANGE)
+            .await;
+    assert_eq!(exchange.unwrap_err().errno(), libc::EINVAL);
+    assert_eq!(h.store.object("b").unwrap(), &b"2"[..]);
+}
+
+#[tokio::test]
+async fn rename_of_a_file_still_being_written_keeps_its_data() {
+    let h = harness();
+    let (_, fh) = h.fs.create(ROOT, "tmp").await.unwrap();
+    h.fs.write(fh, 0, b"data".to_vec()).await.unwrap();
+    h.fs.rename(ROOT, "tmp", ROOT, "final", 0).await.unwrap();
+    h.fs.write(fh, 4, b"+more".to_vec()).await.unwrap();
+    h.fs.release(fh).await.unwrap();
+    assert_eq!(h.store.keys(), ["final"]);
+    assert_eq!(h.store.object("final").unwrap(), &b"data+more"[..]);
+}
+
+#[tokio::test]
+async fn names_supabase_refuses_fail_before_any_request() {
+    let h = harness();
+    let err = h.fs.create(ROOT, "naïve#1.txt").await.unwrap_err();
+    assert_eq!(err.errno(), libc::EINVAL);
+    assert_eq!(
+        h.fs.mkdir(ROOT, "a%b").await.unwrap_err().errno(),
+        libc::EINVAL
+    );
+    assert_eq!(h.store.count(Op::Put), 0);
+    h.write_file(ROOT, "a b&c+d.txt", b"ok").await.unwrap();
+    assert_eq!(h.store.keys(), ["a b&c+d.txt"]);
+}
+
+#[tokio::test]
+async fn overwrite_with_truncate_and_partial_write() {
+    let h = harness();
+    let ino = h.write_file(ROOT, "f", b"0123456789").await.unwrap();
+    let fh = h.fs.open(ino, WRITE).await.unwrap();
+    h.fs.write(fh, 2, b"ab".to_vec()).await.unwrap();
+    h.fs.release(fh).await.unwrap();
+    assert_eq!(h.store.object("f").unwrap(), &b"01ab456789"[..]);
+    let fh =
+        h.fs.open(
+            ino,
+            OpenMode {
+                write: true,
+                truncate: true,
+            },
+        )
+        .await
+        .unwrap();
+    h.fs.write(fh, 0, b"new".to_vec()).await.unwrap();
+    h.fs.release(fh).await.unwrap();
+    assert_eq!(h.store.object("f").unwrap(), &b"new"[..]);
+}
+
+#[tokio::test]
+async fn truncate_of_a_closed_file() {
+    let h = harness();
+    let ino = h.write_file(ROOT, "f", b"0123456789").await.unwrap();
+    assert_eq!(h.fs.setattr(ino, Some(4)).await.unwrap().size, 4);
+    assert_eq!(h.store.object("f").unwrap(), &b"0123"[..]);
+    h.fs.setattr(ino, Some(6)).await.unwrap();
+    assert_eq!(h.store.object("f").unwrap(), &b"0123\0\0"[..]);
+}
+
+#[tokio::test]
+async fn size_of_a_file_being_written_is_local() {
+    let h = harness();
+    let (attr, fh) = h.fs.create(ROOT, "growing").await.unwrap();
+    h.fs.write(fh, 0, vec![7; 1000]).await.unwrap();
+    h.fs.flush(fh).await.unwrap();
+    h.fs.write(fh, 1000, vec![8; 500]).await.unwrap();
+    assert_eq!(h.fs.getattr(attr.ino).await.unwrap().size, 1500);
+    h.fs.release(fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn unlinked_open_file_is_not_uploaded_again() {
+    let h = harness();
+    let (_, fh) = h.fs.create(ROOT, "gone").await.unwrap();
+    h.fs.write(fh, 0, b"x".to_vec()).await.unwrap();
+    h.fs.flush(fh).await.unwrap();
+    h.fs.unlink(ROOT, "gone").await.unwrap();
+    h.fs.write(fh, 1, b"y".to_vec()).await.unwrap();
+    h.fs.release(fh).await.unwrap();
+    assert!(h.store.keys().is_empty());
+}
+
+#[tokio::test]
+async fn prefix_mounts_see_only_their_subtree() {
+    let h = harness_with("sub/", Duration::ZERO);
+    h.store.insert("sub/in", "1");
+    h.store.insert("out", "2");
+    assert_eq!(h.names(ROOT).await, [".", "..", "in"]);
+    h.write_file(ROOT, "new", b"3").await.unwrap();
+    assert!(h.store.keys().contains(&"sub/new".to_string()));
+}
+
+#[tokio::test]
+async fn attributes_are_cached_for_the_ttl() {
+    let h = harness_with("", Duration::from_secs(60));
+    h.store.insert("f", "1");
+    let first = h.fs.lookup(ROOT, "f").await.unwrap();
+    let heads = h.store.count(Op::Head);
+    h.fs.getattr(first.ino).await.unwrap();
+    h.fs.lookup(ROOT, "f").await.unwrap();
+    assert_eq!(h.store.count(Op::Head), heads);
+}
+
+#[tokio::test]
+async fn changes_by_other_clients_show_without_ttl() {
+    let h = harness();
+    h.store.insert("f", "1");
+    let f = h.fs.lookup(ROOT, "f").await.unwrap();
+    h.store.insert("f", "22");
+    assert_eq!(h.fs.getattr(f.ino).await.unwrap().size, 2);
+    h.store.insert("g/x", "");
+    h.store.insert("f", "");
+    let (_, _) = (h.fs.lookup(ROOT, "g").await.unwrap(), ());
+    assert_eq!(h.names(ROOT).await, [".", "..", "f", "g"]);
+}

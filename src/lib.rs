@@ -1,0 +1,16 @@
+//! supamount: mount Supabase Storage (S3 protocol) buckets as directories.
+//!
+//! Layout: `fuse` (the only code that knows the kernel protocol) over `fs` (POSIX semantics and
+//! Supabase conventions) over `store` (the object store trait; `store::s3` is the only code that
+//! knows aws-sdk-s3). `connect` builds the S3 client; `server` is the built-in local S3 server.
+
+pub mod cli;
+pub mod connect;
+pub mod daemon;
+pub mod fs;
+pub mod fuse;
+pub mod mount;
+pub mod names;
+pub mod server;
+pub mod store;
+pub mod upload;

@@ -1,0 +1,220 @@
+//! The `supamount` command: parse, check, then mount (or run the local server).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use supamount::cli::{Cli, Command, DemoArgs, MountOptions, ServerArgs};
+use supamount::connect::{connect, ConnectOptions};
+use supamount::daemon::{self, Readiness};
+use supamount::fs::FsConfig;
+use supamount::mount::{default_cache_dir, default_upload, serve, split_bucket, MountConfig};
+use supamount::server::{LocalServer, ServerConfig};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut readiness = Readiness::from_env();
+    let result = match cli.command {
+        Some(Command::Server(args)) => run_server(args),
+        Some(Command::Demo(args)) => run_demo(args, &mut readiness),
+        None => run_mount(cli.mount, &mut readiness),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let reason = format!("{err:#}");
+            if readiness.is_background() {
+                tracing::error!("{reason}");
+                readiness.failed(&reason);
+            } else {
+                eprintln!("supamount: {reason}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr: the terminal in the foreground, the log file in the background.
+/// fuser's own warnings are mostly about requests this filesystem answers on purpose.
+fn init_logging(level: &str) {
+    let filter = match std::env::var("SUPAMOUNT_LOG") {
+        Ok(filter) if !filter.is_empty() => EnvFilter::new(filter),
+        _ => EnvFilter::new(format!("warn,fuser=error,supamount={level}")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("supamount")
+        .build()
+        .context("starting the async runtime")
+}
+
+/// In the foreground (or as the background child) return `None` and go on here; otherwise
+/// start the background child, wait for its report and return what to print.
+fn maybe_background(
+    options: &MountOptions,
+    readiness: &Readiness,
+) -> anyhow::Result<Option<String>> {
+    if options.foreground || readiness.is_background() {
+        return Ok(None);
+    }
+    let log_file = options.log_file.clone().unwrap_or_else(|| {
+        options
+            .cache_dir
+            .clone()
+            .unwrap_or_else(default_cache_dir)
+            .join("supamount.log")
+    });
+    daemon::run_in_background(&log_file).map(Some)
+}
+
+fn fs_config(options: &MountOptions, bucket: &str, prefix: String) -> anyhow::Result<FsConfig> {
+    if !(options.attr_ttl >= 0.0 && options.attr_ttl.is_finite()) {
+        anyhow::bail!("--attr-ttl must be zero or more seconds");
+    }
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    Ok(FsConfig {
+        bucket: bucket.to_string(),
+        prefix,
+        uid: options.uid.unwrap_or(uid),
+        gid: options.gid.unwrap_or(gid),
+        file_mode: options.file_mode,
+        dir_mode: options.dir_mode,
+        attr_ttl: Duration::from_secs_f64(options.attr_ttl),
+        cache_dir: options.cache_dir.clone().unwrap_or_else(default_cache_dir),
+        read_only: options.read_only,
+        upload: default_upload(),
+    })
+}
+
+fn run_mount(args: supamount::cli::MountArgs, readiness: &mut Readiness) -> anyhow::Result<()> {
+    let (Some(spec), Some(mountpoint)) = (args.bucket, args.mountpoint) else {
+        anyhow::bail!("usage: supamount [OPTIONS] BUCKET[/PREFIX] MOUNTPOINT (see --help)");
+    };
+    let options = args.options;
+    if let Some(line) = maybe_background(&options, readiness)? {
+        println!("{line}");
+        return Ok(());
+    }
+    init_logging(&options.log_level);
+    let (bucket, prefix) = split_bucket(&spec)?;
+    let cfg = MountConfig {
+        connect: ConnectOptions {
+            endpoint_url: options.endpoint_url.clone(),
+            region: options.region.clone(),
+            profile: options.profile.clone(),
+            fixed_credentials: None,
+        },
+        fs: fs_config(&options, &bucket, prefix)?,
+        bucket,
+        mountpoint,
+        allow_other: options.allow_other,
+    };
+    let runtime = runtime()?;
+    let connected = runtime.block_on(connect(&cfg.connect, &cfg.bucket))?;
+    tracing::info!(endpoint = %connected.endpoint, region = %connected.region, "connecting");
+    let line = format!(
+        "mounted bucket {} from {} on {}",
+        cfg.bucket,
+        connected.endpoint,
+        cfg.mountpoint.display()
+    );
+    serve(&runtime, cfg, Arc::new(connected.store), readiness, &line)
+}
+
+fn default_demo_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("supamount").join("demo")
+}
+
+/// A random key for the demo server, which lives only in this process.
+fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .context("reading /dev/urandom")?;
+    Ok(hex::encode(buf))
+}
+
+fn run_demo(args: DemoArgs, readiness: &mut Readiness) -> anyhow::Result<()> {
+    let options = args.options;
+    if let Some(line) = maybe_background(&options, readiness)? {
+        println!("{line}");
+        return Ok(());
+    }
+    init_logging(&options.log_level);
+    let data_dir = args.data_dir.unwrap_or_else(default_demo_dir);
+    let (key_id, secret) = (random_hex(10)?, random_hex(20)?);
+    let runtime = runtime()?;
+    let server = runtime.block_on(LocalServer::start(ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("a valid address"),
+        data_dir: data_dir.clone(),
+        access_key_id: key_id.clone(),
+        secret_access_key: secret.clone(),
+        region: "local".into(),
+        buckets: vec!["demo".into()],
+    }))?;
+    let endpoint = server.endpoint();
+    let cfg = MountConfig {
+        connect: ConnectOptions {
+            endpoint_url: Some(endpoint.clone()),
+            region: Some("local".into()),
+            profile: None,
+            fixed_credentials: Some(aws_sdk_s3::config::Credentials::new(
+                key_id, secret, None, None, "demo",
+            )),
+        },
+        fs: fs_config(&options, "demo", String::new())?,
+        bucket: "demo".into(),
+        mountpoint: args.mountpoint,
+        allow_other: options.allow_other,
+    };
+    let connected = runtime.block_on(connect(&cfg.connect, &cfg.bucket))?;
+    let line = format!(
+        "mounted bucket demo of the local S3 server {endpoint} (objects kept in {}) on {}; \
+         unmount with: fusermount3 -u {}",
+        data_dir.display(),
+        cfg.mountpoint.display(),
+        cfg.mountpoint.display()
+    );
+    let result = serve(&runtime, cfg, Arc::new(connected.store), readiness, &line);
+    runtime.block_on(server.shutdown());
+    result
+}
+
+fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    init_logging(&args.log_level);
+    let key_id = std::env::var("AWS_ACCESS_KEY_ID").context(
+        "set AWS_ACCESS_KEY_ID (and AWS_SECRET_ACCESS_KEY) to the keys the server accepts",
+    )?;
+    let secret = std::env::var("AWS_SECRET_ACCESS_KEY")
+        .context("set AWS_SECRET_ACCESS_KEY to the secret the server accepts")?;
+    let cfg = ServerConfig {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        access_key_id: key_id,
+        secret_access_key: secret,
+        region: args.region,
+        buckets: args.buckets,
+    };
+    runtime()?.block_on(supamount::server::run_foreground(cfg))
+}

@@ -1,0 +1,137 @@
+//! The object store seen by the filesystem: a small async trait over one bucket, with an S3
+//! implementation (the only code that knows aws-sdk-s3) and an in-memory one for tests.
+//!
+//! Errors are expressed by meaning ([`StoreError`]), never as HTTP statuses or errnos, so the
+//! filesystem decides the errno in one place (`fs::error`).
+
+pub mod memory;
+pub mod s3;
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// S3 caps a listing page at 1000 keys; Supabase clamps larger requests to it.
+pub const MAX_KEYS_PER_PAGE: i32 = 1000;
+
+/// What a listing or a HEAD tells about one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub etag: Option<String>,
+    pub last_modified: Option<SystemTime>,
+}
+
+/// One page of a ListObjectsV2 answer.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub objects: Vec<ObjectInfo>,
+    /// Common prefixes, each ending with the delimiter.
+    pub prefixes: Vec<String>,
+    /// Continuation token for the next page; `None` on the last page.
+    pub next_token: Option<String>,
+}
+
+/// The body of a ranged GET, with the ETag of the object version it came from.
+#[derive(Debug, Clone)]
+pub struct GetResult {
+    pub data: Bytes,
+    pub etag: Option<String>,
+}
+
+/// A part already uploaded to a multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedPart {
+    pub number: i32,
+    pub etag: String,
+}
+
+/// Failures by meaning. The S3 and memory stores both map into these.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no object at key {key:?}")]
+    NotFound { key: String },
+    #[error("bucket {bucket:?} does not exist")]
+    NoSuchBucket { bucket: String },
+    #[error("access denied: {message}")]
+    AccessDenied { message: String },
+    #[error("the session token has expired: {message}")]
+    ExpiredToken { message: String },
+    #[error("request signature rejected (check the secret key and the region): {message}")]
+    SignatureMismatch { message: String },
+    #[error("the server refused the key {key:?}: {message}")]
+    InvalidKey { key: String, message: String },
+    #[error("object too large for the server: {message}")]
+    TooLarge { message: String },
+    #[error("content type refused by the bucket: {message}")]
+    UnsupportedMediaType { message: String },
+    #[error("requested range is not satisfiable")]
+    InvalidRange,
+    #[error("cannot reach the endpoint: {message}")]
+    Unreachable { message: String },
+    #[error("the server failed (retries exhausted): {message}")]
+    Transient { message: String },
+    #[error("unexpected answer from the server (HTTP {status}, {code}): {message}")]
+    Other {
+        status: u16,
+        code: String,
+        message: String,
+    },
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The operations the filesystem needs from a bucket. Keys are full object keys (any mount
+/// prefix included); nothing here knows about inodes or POSIX.
+///
+/// Only the calls Supabase Storage implements are in this trait on purpose: it routes some
+/// unimplemented sub-resources (`?tagging`, `?acl`) to destructive operations.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Human-readable location for messages: the endpoint and bucket.
+    fn describe(&self) -> String;
+
+    /// One page of ListObjectsV2 under `prefix`.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        continuation: Option<String>,
+        max_keys: i32,
+    ) -> StoreResult<ListPage>;
+
+    async fn head(&self, key: &str) -> StoreResult<ObjectInfo>;
+
+    /// Bytes `start..end` (end exclusive, `end > start`) of the object.
+    async fn get_range(&self, key: &str, start: u64, end: u64) -> StoreResult<GetResult>;
+
+    /// Upload a whole object from memory; returns its ETag when the server gives one.
+    async fn put(&self, key: &str, body: Bytes) -> StoreResult<Option<String>>;
+
+    async fn create_multipart(&self, key: &str) -> StoreResult<String>;
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> StoreResult<String>;
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> StoreResult<Option<String>>;
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()>;
+
+    /// Server-side copy within the bucket.
+    async fn copy(&self, from: &str, to: &str) -> StoreResult<()>;
+
+    /// Delete one key; deleting a missing key is not an error.
+    async fn delete(&self, key: &str) -> StoreResult<()>;
+}
