@@ -921,7 +921,10 @@ async fn data_survives_a_restart() {
 #[tokio::test]
 async fn paths_never_escape_the_data_dir() {
     let h = Harness::start().await;
-    for key in [
+    // A file beside DATA_DIR and one inside it, which `..` keys would reach without the checks.
+    std::fs::write(h.dir.path().join("outside"), b"secret").expect("write");
+    std::fs::write(h.data_dir().join("inside"), b"hidden").expect("write");
+    let keys = [
         "../escape",
         "a/../../escape",
         "a/./b",
@@ -929,32 +932,40 @@ async fn paths_never_escape_the_data_dir() {
         "..",
         "./x",
         "/lead",
-    ] {
-        let err = h
+        "../../outside",
+        "../inside",
+    ];
+    let invalid_key = (400, Some("InvalidKey".to_owned()));
+    for key in keys {
+        let put = h
             .client
             .put_object()
             .bucket(BUCKET)
             .key(key)
-            .body(ByteStream::from_static(b"x"))
+            .body(ByteStream::from_static(b"x"));
+        let err = put.send().await.expect_err(key);
+        assert_eq!(status_code(&err), invalid_key, "PUT {key:?}");
+        let err = h
+            .client
+            .get_object()
+            .bucket(BUCKET)
+            .key(key)
             .send()
-            .await;
-        let (status, code) = status_code(&err.expect_err(key));
-        eprintln!("TRAVERSAL {key:?}: {status} {code:?}");
-        assert!(status == 400 || status == 404, "{key:?}: {status} {code:?}");
-        assert!(!h.dir.path().join("escape").exists() && !h.data_dir().join("escape").exists());
+            .await
+            .expect_err(key);
+        assert_eq!(status_code(&err), invalid_key, "GET {key:?}");
+        let err = h
+            .client
+            .delete_object()
+            .bucket(BUCKET)
+            .key(key)
+            .send()
+            .await
+            .expect_err(key);
+        assert_eq!(status_code(&err), invalid_key, "DELETE {key:?}");
     }
-    let err = h
-        .client
-        .put_object()
-        .bucket(BUCKET)
-        .key("a//b")
-        .body(ByteStream::from_static(b"x"))
-        .send()
-        .await;
-    assert_eq!(
-        status_code(&err.expect_err("a//b")),
-        (400, Some("InvalidKey".into()))
-    );
+    assert!(!h.dir.path().join("escape").exists() && !h.data_dir().join("escape").exists());
+    assert!(h.dir.path().join("outside").exists() && h.data_dir().join("inside").exists());
     let err = h
         .client
         .create_bucket()

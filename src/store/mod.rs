@@ -48,24 +48,25 @@ pub struct CompletedPart {
     pub etag: String,
 }
 
-/// Failures by meaning. The S3 and memory stores both map into these.
+/// Failures by meaning. The S3 and memory stores both map into these. Messages are the
+/// server's own words, without advice: the caller knows what the user should check.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("no object at key {key:?}")]
     NotFound { key: String },
     #[error("bucket {bucket:?} does not exist")]
     NoSuchBucket { bucket: String },
-    #[error("access denied: {message}")]
+    #[error("access denied{}", detail(.message))]
     AccessDenied { message: String },
-    #[error("the session token has expired: {message}")]
+    #[error("the session token has expired{}", detail(.message))]
     ExpiredToken { message: String },
-    #[error("request signature rejected (check the secret key and the region): {message}")]
+    #[error("the server rejected the request signature{}", detail(.message))]
     SignatureMismatch { message: String },
-    #[error("the server refused the key {key:?}: {message}")]
+    #[error("the server refused the key {key:?}{}", detail(.message))]
     InvalidKey { key: String, message: String },
-    #[error("object too large for the server: {message}")]
+    #[error("object too large for the server{}", detail(.message))]
     TooLarge { message: String },
-    #[error("content type refused by the bucket: {message}")]
+    #[error("content type refused by the bucket{}", detail(.message))]
     UnsupportedMediaType { message: String },
     #[error("requested range is not satisfiable")]
     InvalidRange,
@@ -73,12 +74,21 @@ pub enum StoreError {
     Unreachable { message: String },
     #[error("the server failed (retries exhausted): {message}")]
     Transient { message: String },
-    #[error("unexpected answer from the server (HTTP {status}, {code}): {message}")]
+    #[error("unexpected answer from the server (HTTP {status} {code}){}", detail(.message))]
     Other {
         status: u16,
         code: String,
         message: String,
     },
+}
+
+/// ": message", or nothing when the server gave no message.
+fn detail(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -34,7 +34,11 @@ impl S3Store {
 }
 
 /// Turn an SDK failure into a meaning. `key` names the object for NotFound.
-fn map_err<E>(err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>, key: &str) -> StoreError
+fn map_err<E>(
+    err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    bucket: &str,
+    key: &str,
+) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -43,7 +47,7 @@ where
             let status = service.raw().status().as_u16();
             let code = service.err().code().unwrap_or_default().to_string();
             let message = service.err().message().unwrap_or_default().to_string();
-            classify(status, &code, message, key)
+            classify(status, &code, message, bucket, key)
         }
         SdkError::DispatchFailure(failure) if failure.is_timeout() || failure.is_io() => {
             StoreError::Unreachable {
@@ -54,7 +58,7 @@ where
             message: error_chain(&err),
         },
         _ => match err.raw_response() {
-            Some(raw) => classify(raw.status().as_u16(), "", error_chain(&err), key),
+            Some(raw) => classify(raw.status().as_u16(), "", error_chain(&err), bucket, key),
             None => StoreError::Transient {
                 message: error_chain(&err),
             },
@@ -64,21 +68,19 @@ where
 
 /// Map an HTTP status and S3 error code to a meaning. A HEAD answer has no body, so the status
 /// alone must decide there.
-pub fn classify(status: u16, code: &str, message: String, key: &str) -> StoreError {
+pub fn classify(status: u16, code: &str, message: String, bucket: &str, key: &str) -> StoreError {
     let expired = message.contains("\"exp\"") || message.contains("exp claim");
     match (status, code) {
         (_, "NoSuchKey") | (404, "") | (404, "NotFound") => StoreError::NotFound {
             key: key.to_string(),
         },
         (_, "NoSuchBucket") => StoreError::NoSuchBucket {
-            bucket: message_or(message, "no such bucket"),
+            bucket: bucket.to_string(),
         },
         (_, "SignatureDoesNotMatch") => StoreError::SignatureMismatch { message },
         (_, "ExpiredToken") => StoreError::ExpiredToken { message },
         (403, _) if expired => StoreError::ExpiredToken { message },
-        (403, _) => StoreError::AccessDenied {
-            message: message_or(message, "HTTP 403 with no reason given"),
-        },
+        (403, _) => StoreError::AccessDenied { message },
         (_, "InvalidKey") => StoreError::InvalidKey {
             key: key.to_string(),
             message,
@@ -94,14 +96,6 @@ pub fn classify(status: u16, code: &str, message: String, key: &str) -> StoreErr
             code: code.to_string(),
             message,
         },
-    }
-}
-
-fn message_or(message: String, fallback: &str) -> String {
-    if message.is_empty() {
-        fallback.to_string()
-    } else {
-        message
     }
 }
 
@@ -145,7 +139,7 @@ impl ObjectStore for S3Store {
             .max_keys(max_keys)
             .send()
             .await
-            .map_err(|e| map_err(e, prefix))?;
+            .map_err(|e| map_err(e, &self.bucket, prefix))?;
         let objects = out
             .contents()
             .iter()
@@ -182,7 +176,7 @@ impl ObjectStore for S3Store {
             .key(key)
             .send()
             .await
-            .map_err(|e| map_err(e, key))?;
+            .map_err(|e| map_err(e, &self.bucket, key))?;
         Ok(ObjectInfo {
             key: key.to_string(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
@@ -200,7 +194,7 @@ impl ObjectStore for S3Store {
             .range(format!("bytes={}-{}", start, end - 1))
             .send()
             .await
-            .map_err(|e| map_err(e, key))?;
+            .map_err(|e| map_err(e, &self.bucket, key))?;
         let etag = out.e_tag().map(str::to_string);
         let data = out
             .body
@@ -223,7 +217,7 @@ impl ObjectStore for S3Store {
             .body(ByteStream::from(body))
             .send()
             .await
-            .map_err(|e| map_err(e, key))?;
+            .map_err(|e| map_err(e, &self.bucket, key))?;
         Ok(out.e_tag().map(str::to_string))
     }
 
@@ -236,7 +230,7 @@ impl ObjectStore for S3Store {
             .content_type(content_type(key))
             .send()
             .await
-            .map_err(|e| map_err(e, key))?;
+            .map_err(|e| map_err(e, &self.bucket, key))?;
         out.upload_id()
             .map(str::to_string)
             .ok_or_else(|| StoreError::Other {
@@ -263,7 +257,7 @@ impl ObjectStore for S3Store {
             .body(ByteStream::from(body))
             .send()
             .await
-            .map_err(|e| map_err(e, key))?;
+            .map_err(|e| map_err(e, &self.bucket, key))?;
         Ok(out.e_tag().unwrap_or_default().to_string())
     }
 
@@ -295,7 +289,7 @@ impl ObjectStore for S3Store {
             )
             .send()
             .await
-            .map_err(|e| map_err(e, key))?;
+            .map_err(|e| map_err(e, &self.bucket, key))?;
         Ok(out.e_tag().map(str::to_string))
     }
 
@@ -307,7 +301,7 @@ impl ObjectStore for S3Store {
             .upload_id(upload_id)
             .send()
             .await
-            .map_err(|e| map_err(e, key))?;
+            .map_err(|e| map_err(e, &self.bucket, key))?;
         Ok(())
     }
 
@@ -320,7 +314,7 @@ impl ObjectStore for S3Store {
             .copy_source(format!("{}/{}", self.bucket, from))
             .send()
             .await
-            .map_err(|e| map_err(e, from))?;
+            .map_err(|e| map_err(e, &self.bucket, from))?;
         Ok(())
     }
 
@@ -331,7 +325,7 @@ impl ObjectStore for S3Store {
             .key(key)
             .send()
             .await
-            .map_err(|e| map_err(e, key))?;
+            .map_err(|e| map_err(e, &self.bucket, key))?;
         Ok(())
     }
 }
@@ -350,7 +344,7 @@ mod tests {
 
     #[test]
     fn classifies_supabase_answers() {
-        let denied = classify(403, "AccessDenied", "new row violates".into(), "k");
+        let denied = classify(403, "AccessDenied", "new row violates".into(), "b", "k");
         assert!(matches!(denied, StoreError::AccessDenied { .. }));
         let expired = classify(
             403,
@@ -360,19 +354,19 @@ mod tests {
         );
         assert!(matches!(expired, StoreError::ExpiredToken { .. }));
         assert!(matches!(
-            classify(404, "", String::new(), "k"),
+            classify(404, "", String::new(), "b", "k"),
             StoreError::NotFound { .. }
         ));
         assert!(matches!(
-            classify(400, "InvalidKey", String::new(), "k"),
+            classify(400, "InvalidKey", String::new(), "b", "k"),
             StoreError::InvalidKey { .. }
         ));
         assert!(matches!(
-            classify(503, "SlowDown", String::new(), "k"),
+            classify(503, "SlowDown", String::new(), "b", "k"),
             StoreError::Transient { .. }
         ));
         assert!(matches!(
-            classify(413, "", String::new(), "k"),
+            classify(413, "", String::new(), "b", "k"),
             StoreError::TooLarge { .. }
         ));
     }
