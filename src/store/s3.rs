@@ -350,6 +350,7 @@ mod tests {
             403,
             "AccessDenied",
             "\"exp\" claim timestamp check failed".into(),
+            "b",
             "k",
         );
         assert!(matches!(expired, StoreError::ExpiredToken { .. }));
