@@ -21,12 +21,12 @@ use bytes::Bytes;
 pub use error::{FsError, FsResult, Level};
 pub use inode::Kind;
 use inode::{child_path, parent_path, InodeTable, Node, Observed, ROOT_INO};
-use open_file::{save_recovery_copy, OpenFile, Staging};
+use open_file::{save_recovery_copy, OpenFile, Staging, Uploads};
 use reader::Reader;
 
 use crate::names::{check_new_name, first_refused_char, is_listable, FOLDER_PLACEHOLDER};
 use crate::store::{ObjectStore, StoreError};
-use crate::upload::{upload_file, UploadConfig, UploadError};
+use crate::upload::{UploadConfig, UploadError};
 
 /// Settings of one mount.
 #[derive(Debug, Clone)]
@@ -108,6 +108,7 @@ struct FileHandle {
 /// The filesystem over one bucket (or prefix of it).
 pub struct Fs {
     store: Arc<dyn ObjectStore>,
+    uploads: Uploads,
     cfg: FsConfig,
     mounted_at: SystemTime,
     inodes: Mutex<InodeTable>,
@@ -130,8 +131,14 @@ impl Fs {
         std::fs::create_dir_all(&staging)
             .map_err(|e| FsError::local(format!("creating {}", staging.display()), e))?;
         let mounted_at = SystemTime::now();
+        let uploads = Uploads {
+            store: store.clone(),
+            permits: Arc::new(tokio::sync::Semaphore::new(cfg.upload.concurrency.max(1))),
+            config: cfg.upload,
+        };
         Ok(Self {
             store,
+            uploads,
             cfg,
             mounted_at,
             inodes: Mutex::new(InodeTable::new(mounted_at)),
@@ -685,7 +692,8 @@ impl Fs {
             std::process::id(),
             self.staging_seq.fetch_add(1, Ordering::Relaxed)
         );
-        let staging = Staging::create(self.cfg.cache_dir.join("staging").join(name))?;
+        let staging =
+            Staging::create(self.cfg.cache_dir.join("staging").join(name), &self.uploads)?;
         if truncate {
             staging.mark_dirty();
         } else if node.size > 0 {
@@ -726,7 +734,8 @@ impl Fs {
             return Err(FsError::BadHandle(fh));
         }
         let staging = handle.open.staging().ok_or(FsError::BadHandle(fh))?;
-        staging.write_at(offset, data).await
+        let key = self.key(&self.path_of(handle.open.ino)?);
+        staging.write_at(&key, offset, data).await
     }
 
     /// close() and fsync(): the staged data is on the server when this returns Ok.
@@ -764,24 +773,15 @@ impl Fs {
         }
         let generation = staging.generation();
         if open.unlinked.load(Ordering::Acquire) {
-            staging.mark_uploaded(generation);
+            staging.abandon(generation).await;
             return Ok(());
         }
         let path = self.path_of(open.ino)?;
         let key = self.key(&path);
         let size = staging.size();
         let started = Instant::now();
-        match upload_file(
-            self.store.as_ref(),
-            &key,
-            staging.file.clone(),
-            size,
-            self.cfg.upload,
-        )
-        .await
-        {
+        match staging.upload(&key, generation).await {
             Ok(etag) => {
-                staging.mark_uploaded(generation);
                 tracing::debug!(
                     key,
                     size,
@@ -825,6 +825,10 @@ impl Fs {
                     UploadError::Staging(e) => {
                         FsError::local(format!("reading staged data of {key}"), e)
                     }
+                    UploadError::TooLarge { .. } => FsError::local(
+                        err.to_string(),
+                        std::io::Error::from_raw_os_error(libc::EFBIG),
+                    ),
                 })
             }
         }

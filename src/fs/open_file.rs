@@ -14,14 +14,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use tokio::sync::Semaphore;
 
 use super::error::{FsError, FsResult};
+use crate::store::ObjectStore;
+use crate::upload::{UploadConfig, UploadError, Writeback};
 
 /// The local copy of a file being written.
-#[derive(Debug)]
 pub struct Staging {
-    pub file: Arc<File>,
+    file: Arc<File>,
     path: PathBuf,
+    writeback: Writeback,
     size: AtomicU64,
     write_gen: AtomicU64,
     uploaded_gen: AtomicU64,
@@ -29,7 +32,7 @@ pub struct Staging {
 
 impl Staging {
     /// Create an empty staging file at `path`, readable only by the mounting user.
-    pub fn create(path: PathBuf) -> FsResult<Self> {
+    pub fn create(path: PathBuf, uploads: &Uploads) -> FsResult<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -37,9 +40,17 @@ impl Staging {
             .mode(0o600)
             .open(&path)
             .map_err(|e| FsError::local(format!("creating {}", path.display()), e))?;
+        let file = Arc::new(file);
+        let writeback = Writeback::new(
+            uploads.store.clone(),
+            uploads.permits.clone(),
+            uploads.config,
+            file.clone(),
+        );
         Ok(Self {
-            file: Arc::new(file),
+            file,
             path,
+            writeback,
             size: AtomicU64::new(0),
             write_gen: AtomicU64::new(0),
             uploaded_gen: AtomicU64::new(0),
@@ -63,7 +74,20 @@ impl Staging {
         self.write_gen.load(Ordering::Acquire)
     }
 
-    pub fn mark_uploaded(&self, generation: u64) {
+    /// Send everything up to `generation` to the server as `key`.
+    pub async fn upload(&self, key: &str, generation: u64) -> Result<Option<String>, UploadError> {
+        let etag = self.writeback.finish(key, self.size(), generation).await?;
+        self.mark_uploaded(generation);
+        Ok(etag)
+    }
+
+    /// The file is gone: nothing more goes to the server.
+    pub async fn abandon(&self, generation: u64) {
+        self.writeback.abandon().await;
+        self.mark_uploaded(generation);
+    }
+
+    fn mark_uploaded(&self, generation: u64) {
         self.uploaded_gen.fetch_max(generation, Ordering::AcqRel);
     }
 
@@ -72,12 +96,25 @@ impl Staging {
         self.write_gen.fetch_add(1, Ordering::AcqRel);
     }
 
-    pub async fn write_at(&self, offset: u64, data: Vec<u8>) -> FsResult<u32> {
+    /// Write at `offset`; parts the writer has moved past start uploading as `key`.
+    pub async fn write_at(&self, key: &str, offset: u64, data: Vec<u8>) -> FsResult<u32> {
         let len = data.len() as u64;
+        if offset + len > self.writeback.max_size() {
+            return Err(FsError::local(
+                format!(
+                    "writing past {} bytes, the largest object",
+                    self.writeback.max_size()
+                ),
+                std::io::Error::from_raw_os_error(libc::EFBIG),
+            ));
+        }
         let file = self.file.clone();
         run_blocking(&self.path, move || file.write_all_at(&data, offset)).await?;
         self.size.fetch_max(offset + len, Ordering::AcqRel);
-        self.mark_dirty();
+        let generation = self.write_gen.fetch_add(1, Ordering::AcqRel) + 1;
+        self.writeback
+            .wrote(key, offset, offset + len, generation)
+            .await;
         Ok(len as u32)
     }
 
@@ -101,7 +138,8 @@ impl Staging {
         let file = self.file.clone();
         run_blocking(&self.path, move || file.set_len(size)).await?;
         self.size.store(size, Ordering::Release);
-        self.mark_dirty();
+        let generation = self.write_gen.fetch_add(1, Ordering::AcqRel) + 1;
+        self.writeback.truncated(size, generation).await;
         Ok(())
     }
 
@@ -134,8 +172,16 @@ async fn run_blocking<T: Send + 'static>(
         .map_err(|e| FsError::local(context(), e))
 }
 
+/// What staging files need to upload: shared by every file of a mount.
+#[derive(Clone)]
+pub struct Uploads {
+    pub store: Arc<dyn ObjectStore>,
+    /// Bounds the parts in flight across the mount (each holds one part in memory).
+    pub permits: Arc<Semaphore>,
+    pub config: UploadConfig,
+}
+
 /// State shared by all handles of one inode.
-#[derive(Debug)]
 pub struct OpenFile {
     pub ino: u64,
     /// Handles open on this inode; changed only under the filesystem's open-files lock.
@@ -196,14 +242,22 @@ pub fn save_recovery_copy(
 mod tests {
     use super::*;
 
+    fn uploads() -> Uploads {
+        Uploads {
+            store: Arc::new(crate::store::memory::MemoryStore::new()),
+            permits: Arc::new(Semaphore::new(2)),
+            config: UploadConfig::default(),
+        }
+    }
+
     #[tokio::test]
     async fn generations_track_dirtiness_across_a_racing_upload() {
         let dir = tempfile::tempdir().unwrap();
-        let staging = Staging::create(dir.path().join("s")).unwrap();
+        let staging = Staging::create(dir.path().join("s"), &uploads()).unwrap();
         assert!(!staging.is_dirty());
-        staging.write_at(0, b"hello".to_vec()).await.unwrap();
+        staging.write_at("k", 0, b"hello".to_vec()).await.unwrap();
         let uploading = staging.generation();
-        staging.write_at(5, b"!".to_vec()).await.unwrap();
+        staging.write_at("k", 5, b"!".to_vec()).await.unwrap();
         staging.mark_uploaded(uploading);
         assert!(
             staging.is_dirty(),
@@ -218,7 +272,7 @@ mod tests {
     async fn staging_file_is_removed_on_drop() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
-        drop(Staging::create(path.clone()).unwrap());
+        drop(Staging::create(path.clone(), &uploads()).unwrap());
         assert!(!path.exists());
     }
 
