@@ -6,7 +6,9 @@
 
 pub mod cli;
 pub mod connect;
+pub mod credentials;
 pub mod daemon;
+pub mod endpoint;
 pub mod fs;
 pub mod fuse;
 pub mod mount;
