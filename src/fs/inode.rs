@@ -25,6 +25,9 @@ pub struct Node {
     pub etag: Option<String>,
     /// Attributes are trusted until then; afterwards the server is asked again.
     pub valid_until: Instant,
+    /// ETag at the last read-only open: if it is unchanged at the next open, the kernel may
+    /// keep the pages it cached.
+    pub opened_etag: Option<String>,
     /// Lookups the kernel holds (forget gives them back).
     lookups: u64,
 }
@@ -55,6 +58,7 @@ impl InodeTable {
             etag: None,
             // The root always exists; its attributes never need the server.
             valid_until: Instant::now() + std::time::Duration::from_secs(u32::MAX as u64),
+            opened_etag: None,
             lookups: 1,
         };
         Self {
@@ -100,6 +104,7 @@ impl InodeTable {
                 mtime: seen.mtime,
                 etag: seen.etag,
                 valid_until,
+                opened_etag: None,
                 lookups: 0,
             },
         );
@@ -153,6 +158,29 @@ impl InodeTable {
                 node.path = to.to_string();
             }
             self.by_path.insert(to.to_string(), ino);
+        }
+    }
+
+    /// Move a directory and everything known below it to a new path.
+    pub fn rename_tree(&mut self, from: &str, to: &str) {
+        let below = format!("{from}/");
+        let moved: Vec<(String, u64)> = self
+            .by_path
+            .iter()
+            .filter(|(path, _)| path.as_str() == from || path.starts_with(&below))
+            .map(|(path, &ino)| (path.clone(), ino))
+            .collect();
+        for (old, _) in &moved {
+            self.by_path.remove(old);
+        }
+        self.detach(to);
+        for (old, ino) in moved {
+            let new = format!("{to}{}", &old[from.len()..]);
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                node.path = new.clone();
+                node.valid_until = Instant::now();
+            }
+            self.by_path.insert(new, ino);
         }
     }
 }

@@ -17,16 +17,22 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 
 pub use error::{FsError, FsResult, Level};
 pub use inode::Kind;
 use inode::{child_path, parent_path, InodeTable, Node, Observed, ROOT_INO};
-use open_file::{save_recovery_copy, OpenFile, Staging, Uploads};
+use open_file::{save_recovery_copy, FailedUpload, OpenFile, Staging, Uploads};
 use reader::Reader;
 
+use crate::cache::disk::DiskTier;
+use crate::cache::BlockCache;
 use crate::names::{check_new_name, first_refused_char, is_listable, FOLDER_PLACEHOLDER};
 use crate::store::{ObjectStore, StoreError};
 use crate::upload::{UploadConfig, UploadError};
+
+/// Objects copied at once when a directory is renamed.
+const DIR_RENAME_CONCURRENCY: usize = 8;
 
 /// Settings of one mount.
 #[derive(Debug, Clone)]
@@ -45,6 +51,10 @@ pub struct FsConfig {
     pub cache_dir: PathBuf,
     pub read_only: bool,
     pub upload: UploadConfig,
+    /// Memory for cached object data, in bytes.
+    pub cache_memory: u64,
+    /// Local disk for cached object data under `cache_dir/blocks`, in bytes (0: none).
+    pub cache_disk: u64,
 }
 
 /// Attributes of a file or directory, as the kernel needs them.
@@ -108,6 +118,7 @@ struct FileHandle {
 /// The filesystem over one bucket (or prefix of it).
 pub struct Fs {
     store: Arc<dyn ObjectStore>,
+    cache: Arc<BlockCache>,
     uploads: Uploads,
     cfg: FsConfig,
     mounted_at: SystemTime,
@@ -136,7 +147,17 @@ impl Fs {
             permits: Arc::new(tokio::sync::Semaphore::new(cfg.upload.concurrency.max(1))),
             config: cfg.upload,
         };
+        let disk = match cfg.cache_disk {
+            0 => None,
+            size => {
+                let dir = cfg.cache_dir.join("blocks");
+                let tier = DiskTier::open(&dir, size)
+                    .map_err(|e| FsError::local(format!("preparing {}", dir.display()), e))?;
+                Some(tier)
+            }
+        };
         Ok(Self {
+            cache: Arc::new(BlockCache::with_disk(cfg.cache_memory, disk)),
             store,
             uploads,
             cfg,
@@ -430,17 +451,11 @@ impl Fs {
         if attr.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        let prefix = self.dir_prefix(&path);
-        let placeholder = format!("{prefix}{FOLDER_PLACEHOLDER}");
-        // At most the marker, the placeholder and one more key decide emptiness.
-        let page = self.store.list_page(&prefix, None, None, 3).await?;
-        let others = page
-            .objects
-            .iter()
-            .any(|o| o.key != prefix && o.key != placeholder);
-        if others || !page.prefixes.is_empty() || self.has_local_children(&path) {
+        if self.dir_has_entries(&path).await? {
             return Err(FsError::NotEmpty);
         }
+        let prefix = self.dir_prefix(&path);
+        let placeholder = format!("{prefix}{FOLDER_PLACEHOLDER}");
         self.store.delete(&placeholder).await?;
         self.store.delete(&prefix).await?;
         lock(&self.inodes).detach(&path);
@@ -481,7 +496,7 @@ impl Fs {
         let to = child_path(&self.dir_path(new_parent)?, new_name);
         let source = self.stat_path(&from).await?.ok_or(FsError::NotFound)?;
         if source.kind == Kind::Dir {
-            return Err(FsError::Unsupported("renaming a directory"));
+            return self.rename_dir(&from, &to, flags).await;
         }
         if let Some(target) = self.stat_path(&to).await? {
             if flags & libc::RENAME_NOREPLACE != 0 {
@@ -493,7 +508,7 @@ impl Fs {
         }
         // Data still staged must be on the server before it can be copied there.
         if let Some(open) = self.open_file(source.ino) {
-            self.upload_staged(&open).await?;
+            self.upload_staged(&open, true).await?;
         }
         let (from_key, to_key) = (self.key(&from), self.key(&to));
         self.store.copy(&from_key, &to_key).await?;
@@ -504,6 +519,86 @@ impl Fs {
             node.valid_until = Instant::now() + self.cfg.attr_ttl;
         }
         Ok(())
+    }
+
+    /// Rename a directory: every key below it is copied to the new name, then deleted, a few
+    /// at a time. S3 has no atomic rename, so an interruption leaves some objects under each
+    /// name (at most the few in flight under both); running the same `mv` again finishes it.
+    async fn rename_dir(&self, from: &str, to: &str, flags: u32) -> FsResult<()> {
+        if to.starts_with(&format!("{from}/")) {
+            return Err(FsError::Invalid("cannot move a directory into itself"));
+        }
+        if let Some(target) = self.stat_path(to).await? {
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                return Err(FsError::Exists);
+            }
+            if target.kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+            if self.dir_has_entries(to).await? {
+                return Err(FsError::NotEmpty);
+            }
+        }
+        let below = format!("{from}/");
+        let staged: Vec<Arc<OpenFile>> = {
+            let open: Vec<Arc<OpenFile>> = lock(&self.open_files).values().cloned().collect();
+            let inodes = lock(&self.inodes);
+            open.into_iter()
+                .filter(|o| {
+                    inodes
+                        .get(o.ino)
+                        .is_some_and(|n| n.path.starts_with(&below))
+                })
+                .collect()
+        };
+        for open in staged {
+            self.upload_staged(&open, true).await?;
+        }
+        let (from_prefix, to_prefix) = (self.dir_prefix(from), self.dir_prefix(to));
+        let keys = self.all_keys(&from_prefix).await?;
+        tracing::info!(from, to, objects = keys.len(), "renaming a directory");
+        futures::stream::iter(keys)
+            .map(|key| {
+                let target = format!("{to_prefix}{}", &key[from_prefix.len()..]);
+                async move {
+                    self.store.copy(&key, &target).await?;
+                    self.store.delete(&key).await
+                }
+            })
+            .buffer_unordered(DIR_RENAME_CONCURRENCY)
+            .try_collect::<()>()
+            .await?;
+        lock(&self.inodes).rename_tree(from, to);
+        Ok(())
+    }
+
+    /// Every key below `prefix`, all pages.
+    async fn all_keys(&self, prefix: &str) -> FsResult<Vec<String>> {
+        let (mut keys, mut token) = (Vec::new(), None);
+        loop {
+            let page = self
+                .store
+                .list_page(prefix, None, token, crate::store::MAX_KEYS_PER_PAGE)
+                .await?;
+            keys.extend(page.objects.into_iter().map(|o| o.key));
+            token = page.next_token;
+            if token.is_none() {
+                return Ok(keys);
+            }
+        }
+    }
+
+    /// Whether a directory holds anything but its placeholder or marker.
+    async fn dir_has_entries(&self, path: &str) -> FsResult<bool> {
+        let prefix = self.dir_prefix(path);
+        let placeholder = format!("{prefix}{FOLDER_PLACEHOLDER}");
+        // At most the marker, the placeholder and one more key decide emptiness.
+        let page = self.store.list_page(&prefix, None, None, 3).await?;
+        let others = page
+            .objects
+            .iter()
+            .any(|o| o.key != prefix && o.key != placeholder);
+        Ok(others || !page.prefixes.is_empty() || self.has_local_children(path))
     }
 
     pub fn statfs(&self) -> StatFs {
@@ -643,6 +738,23 @@ impl Fs {
     }
 
     pub async fn open(&self, ino: u64, mode: OpenMode) -> FsResult<u64> {
+        Ok(self.open_keeping_cache(ino, mode).await?.0)
+    }
+
+    /// Open, and say whether the kernel may keep the pages it cached for this file: only for
+    /// reading a file whose ETag has not changed since it was last opened.
+    pub async fn open_keeping_cache(&self, ino: u64, mode: OpenMode) -> FsResult<(u64, bool)> {
+        let fh = self.open_handle(ino, mode).await?;
+        let mut inodes = lock(&self.inodes);
+        let Some(node) = inodes.get_mut(ino) else {
+            return Ok((fh, false));
+        };
+        let unchanged = node.etag.is_some() && node.etag == node.opened_etag;
+        node.opened_etag = if mode.write { None } else { node.etag.clone() };
+        Ok((fh, unchanged && !mode.write && !self.is_staged(ino)))
+    }
+
+    async fn open_handle(&self, ino: u64, mode: OpenMode) -> FsResult<u64> {
         let node = self.node(ino)?;
         if node.kind == Kind::Dir {
             return Err(FsError::IsDir);
@@ -668,7 +780,7 @@ impl Fs {
             self.drop_open_ref(&open);
             return Err(e);
         }
-        let reader = Reader::new(self.key(&node.path), node.size, None);
+        let reader = Reader::new(self.key(&node.path), node.size, node.etag.clone());
         let handle = FileHandle {
             open,
             writable: mode.write,
@@ -708,7 +820,9 @@ impl Fs {
         let mut reader = Reader::new(key.to_string(), size, None);
         let mut offset = 0;
         while offset < size {
-            let chunk = reader.read(self.store.as_ref(), offset, 8 << 20).await?;
+            let chunk = reader
+                .read(&self.store, &self.cache, offset, 8 << 20)
+                .await?;
             if chunk.is_empty() {
                 return Err(FsError::Stale);
             }
@@ -725,7 +839,7 @@ impl Fs {
             return staging.read_at(offset, size).await;
         }
         let mut reader = handle.reader.lock().await;
-        reader.read(self.store.as_ref(), offset, size).await
+        reader.read(&self.store, &self.cache, offset, size).await
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> FsResult<u32> {
@@ -738,10 +852,26 @@ impl Fs {
         staging.write_at(&key, offset, data).await
     }
 
-    /// close() and fsync(): the staged data is on the server when this returns Ok.
+    /// fsync(): the staged data is on the server when this returns Ok.
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        let handle = self.file_handle(fh)?;
+        self.upload_staged(&handle.open, true).await
+    }
+
+    /// close() of one descriptor: like fsync, except for a file created (or truncated) empty
+    /// with nothing written yet. Tools such as `dd` and shells open a file and close a
+    /// duplicate descriptor before writing; uploading the empty file then would leave an empty
+    /// object behind if the writing later fails. Release uploads it if it stays empty.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let handle = self.file_handle(fh)?;
-        self.upload_staged(&handle.open).await
+        if handle
+            .open
+            .staging()
+            .is_some_and(|s| s.size() == 0 && !s.written())
+        {
+            return Ok(());
+        }
+        self.upload_staged(&handle.open, true).await
     }
 
     pub async fn release(&self, fh: u64) -> FsResult<()> {
@@ -749,8 +879,7 @@ impl Fs {
             Some(Handle::File(h)) => h,
             _ => return Err(FsError::BadHandle(fh)),
         };
-        // close() already reported a failed upload; this retry only helps if it was transient.
-        let result = self.upload_staged(&handle.open).await;
+        let result = self.upload_staged(&handle.open, false).await;
         self.drop_open_ref(&handle.open);
         result
     }
@@ -762,9 +891,11 @@ impl Fs {
         }
     }
 
-    /// Upload the staged copy if it has changes the server lacks.
-    async fn upload_staged(&self, open: &OpenFile) -> FsResult<()> {
-        let mut recovery = open.upload.lock().await;
+    /// Upload the staged copy if it has changes the server lacks. After a failure the same
+    /// data is retried only when `retry` is set (fsync and close do; release does not: close
+    /// has already reported the failure and the data is kept).
+    async fn upload_staged(&self, open: &OpenFile, retry: bool) -> FsResult<()> {
+        let mut failed = open.upload.lock().await;
         let Some(staging) = open.staging() else {
             return Ok(());
         };
@@ -775,6 +906,16 @@ impl Fs {
         if open.unlinked.load(Ordering::Acquire) {
             staging.abandon(generation).await;
             return Ok(());
+        }
+        let same_data_failed = failed.as_ref().filter(|f| f.generation == generation);
+        if let (Some(earlier), false) = (same_data_failed, retry) {
+            return Err(FsError::local(
+                format!(
+                    "upload failed earlier; data kept in {}",
+                    earlier.copy.display()
+                ),
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ));
         }
         let path = self.path_of(open.ino)?;
         let key = self.key(&path);
@@ -797,29 +938,19 @@ impl Fs {
                         etag,
                     },
                 );
-                if let Some(old) = recovery.take() {
-                    tracing::info!(key, recovery = %old.display(), "upload succeeded on retry; the earlier recovery copy is no longer needed");
+                if let Some(old) = failed.take() {
+                    tracing::info!(key, recovery = %old.copy.display(), "upload succeeded on retry; the earlier recovery copy is no longer needed");
                 }
                 Ok(())
             }
             Err(err) => {
-                let saved = save_recovery_copy(
-                    staging.path(),
-                    &self.cfg.cache_dir.join("recovery"),
-                    &self.cfg.bucket,
-                    &key,
-                );
-                match &saved {
-                    Ok(copy) => tracing::error!(
-                        key, path = %path, error = %err, recovery = %copy.display(),
-                        "upload failed; the written data is kept in the recovery copy"
-                    ),
-                    Err(e) => tracing::error!(
-                        key, path = %path, error = %err, staging = %staging.path().display(),
-                        "upload failed and the recovery copy could not be written: {e}"
-                    ),
+                if failed.as_ref().is_none_or(|f| f.generation != generation) {
+                    *failed = self
+                        .keep_recovery_copy(&staging, generation, &key, &path, &err)
+                        .await;
+                } else {
+                    tracing::warn!(key, error = %err, "upload retry failed; the recovery copy is still kept");
                 }
-                *recovery = saved.ok();
                 Err(match err {
                     UploadError::Store(e) => FsError::Store(e),
                     UploadError::Staging(e) => {
@@ -834,11 +965,48 @@ impl Fs {
         }
     }
 
+    /// Copy staged data whose upload failed to the recovery directory, and say where.
+    async fn keep_recovery_copy(
+        &self,
+        staging: &Staging,
+        generation: u64,
+        key: &str,
+        path: &str,
+        err: &UploadError,
+    ) -> Option<FailedUpload> {
+        let (source, dir) = (
+            staging.path().to_path_buf(),
+            self.cfg.cache_dir.join("recovery"),
+        );
+        let (bucket, owned_key) = (self.cfg.bucket.clone(), key.to_string());
+        let saved = tokio::task::spawn_blocking(move || {
+            save_recovery_copy(&source, &dir, &bucket, &owned_key)
+        })
+        .await
+        .unwrap_or_else(|join| Err(std::io::Error::other(join)));
+        match saved {
+            Ok(copy) => {
+                tracing::error!(
+                    key, path, error = %err, recovery = %copy.display(),
+                    "upload failed; the written data is kept in the recovery copy"
+                );
+                Some(FailedUpload { copy, generation })
+            }
+            Err(e) => {
+                tracing::error!(
+                    key, path, error = %err, staging = %staging.path().display(),
+                    "upload failed and the recovery copy could not be written: {e}"
+                );
+                None
+            }
+        }
+    }
+
     /// Upload whatever is still staged, at unmount.
     pub async fn shutdown(&self) {
         let open: Vec<Arc<OpenFile>> = lock(&self.open_files).values().cloned().collect();
         for file in open {
-            if let Err(e) = self.upload_staged(&file).await {
+            if let Err(e) = self.upload_staged(&file, true).await {
                 tracing::error!(ino = file.ino, error = %e, "data of an open file could not be uploaded at unmount");
             }
         }

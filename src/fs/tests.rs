@@ -36,6 +36,8 @@ fn harness_with(prefix: &str, ttl: Duration) -> Harness {
         cache_dir: cache.path().to_path_buf(),
         read_only: false,
         upload: UploadConfig::default(),
+        cache_memory: 64 << 20,
+        cache_disk: 0,
     };
     let fs = Fs::new(store.clone(), cfg).unwrap();
     Harness {
@@ -105,6 +107,18 @@ async fn empty_new_file_still_creates_an_object() {
 }
 
 #[tokio::test]
+async fn closing_a_duplicate_before_writing_uploads_nothing() {
+    let h = harness();
+    let (_, fh) = h.fs.create(ROOT, "f").await.unwrap();
+    h.fs.flush(fh).await.unwrap();
+    assert!(h.store.keys().is_empty());
+    h.fs.write(fh, 0, b"x".to_vec()).await.unwrap();
+    h.fs.flush(fh).await.unwrap();
+    assert_eq!(h.store.object("f").unwrap(), &b"x"[..]);
+    h.fs.release(fh).await.unwrap();
+}
+
+#[tokio::test]
 async fn files_larger_than_a_part_go_multipart() {
     let h = harness();
     let data: Vec<u8> = (0..(40 << 20)).map(|i| (i * 7 % 256) as u8).collect();
@@ -124,8 +138,24 @@ async fn failed_upload_is_the_error_of_close_and_data_is_kept() {
     assert_eq!(err.errno(), libc::EIO);
     let kept = h.fs.config().cache_dir.join("recovery/b/lost.txt");
     assert_eq!(std::fs::read(kept).unwrap(), b"precious");
+    // fsync retries (and fails again) without a second copy; release does not retry.
+    assert!(h.fs.flush(fh).await.is_err());
     assert!(h.fs.release(fh).await.is_err());
     assert!(h.store.keys().is_empty());
+    let copies = std::fs::read_dir(h.fs.config().cache_dir.join("recovery/b")).unwrap();
+    assert_eq!(copies.count(), 1);
+}
+
+#[tokio::test]
+async fn a_retry_after_a_transient_failure_makes_the_data_durable() {
+    let h = harness();
+    let (_, fh) = h.fs.create(ROOT, "f").await.unwrap();
+    h.fs.write(fh, 0, b"data".to_vec()).await.unwrap();
+    h.store.fail_next(Op::Put, 1);
+    assert!(h.fs.flush(fh).await.is_err());
+    h.fs.flush(fh).await.unwrap();
+    h.fs.release(fh).await.unwrap();
+    assert_eq!(h.store.object("f").unwrap(), &b"data"[..]);
 }
 
 #[tokio::test]
@@ -311,4 +341,76 @@ async fn changes_by_other_clients_show_without_ttl() {
     h.store.insert("f", "");
     let (_, _) = (h.fs.lookup(ROOT, "g").await.unwrap(), ());
     assert_eq!(h.names(ROOT).await, [".", "..", "f", "g"]);
+}
+
+#[tokio::test]
+async fn rename_a_directory_moves_every_key() {
+    let h = harness();
+    let a = h.fs.mkdir(ROOT, "a").await.unwrap();
+    h.write_file(a.ino, "f", b"x").await.unwrap();
+    let sub = h.fs.mkdir(a.ino, "sub").await.unwrap();
+    h.write_file(sub.ino, "g", b"y").await.unwrap();
+    h.fs.rename(ROOT, "a", ROOT, "b", 0).await.unwrap();
+    let mut keys = h.store.keys();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "b/.emptyFolderPlaceholder",
+            "b/f",
+            "b/sub/.emptyFolderPlaceholder",
+            "b/sub/g"
+        ]
+    );
+    let b = h.fs.lookup(ROOT, "b").await.unwrap();
+    assert_eq!(b.ino, a.ino, "the kernel's inode follows the rename");
+    let sub = h.fs.lookup(b.ino, "sub").await.unwrap();
+    let g = h.fs.lookup(sub.ino, "g").await.unwrap();
+    assert_eq!(h.read_all(g.ino).await, b"y");
+}
+
+#[tokio::test]
+async fn rename_a_directory_onto_a_non_empty_one_fails() {
+    let h = harness();
+    h.fs.mkdir(ROOT, "a").await.unwrap();
+    let b = h.fs.mkdir(ROOT, "b").await.unwrap();
+    h.write_file(b.ino, "keep", b"1").await.unwrap();
+    let err = h.fs.rename(ROOT, "a", ROOT, "b", 0).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ENOTEMPTY);
+    let err =
+        h.fs.rename(ROOT, "a", ROOT, "b", libc::RENAME_NOREPLACE)
+            .await
+            .unwrap_err();
+    assert_eq!(err.errno(), libc::EEXIST);
+}
+
+#[tokio::test]
+async fn rename_of_a_directory_with_a_file_being_written() {
+    let h = harness();
+    let a = h.fs.mkdir(ROOT, "a").await.unwrap();
+    let (_, fh) = h.fs.create(a.ino, "w").await.unwrap();
+    h.fs.write(fh, 0, b"staged".to_vec()).await.unwrap();
+    h.fs.rename(ROOT, "a", ROOT, "z", 0).await.unwrap();
+    h.fs.write(fh, 6, b"!".to_vec()).await.unwrap();
+    h.fs.release(fh).await.unwrap();
+    assert_eq!(h.store.object("z/w").unwrap(), &b"staged!"[..]);
+    assert!(h.store.keys().iter().all(|k| k.starts_with("z/")));
+}
+
+#[tokio::test]
+async fn a_failed_write_never_becomes_the_object() {
+    let h = harness();
+    h.write_file(ROOT, "f", b"original").await.unwrap();
+    let f = h.fs.lookup(ROOT, "f").await.unwrap();
+    let fh = h.fs.open(f.ino, WRITE).await.unwrap();
+    // Past the largest object size: the write fails like a full disk would.
+    let err =
+        h.fs.write(fh, u64::MAX / 2, b"x".to_vec())
+            .await
+            .unwrap_err();
+    assert_eq!(err.errno(), libc::EFBIG);
+    h.fs.write(fh, 0, b"changed".to_vec()).await.unwrap();
+    assert!(h.fs.flush(fh).await.is_err());
+    let _ = h.fs.release(fh).await;
+    assert_eq!(h.store.object("f").unwrap(), &b"original"[..]);
 }
