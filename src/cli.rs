@@ -82,6 +82,9 @@ pub struct MountOptions {
     /// [default: $XDG_CACHE_HOME/supamount or ~/.cache/supamount].
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Memory for cached file data, in MiB (read-ahead included).
+    #[arg(long = "cache-memory", default_value = "256", value_name = "MIB")]
+    pub cache_memory_mib: u64,
     /// Log level (error, warn, info, debug, trace); SUPAMOUNT_LOG takes a full filter instead.
     #[arg(long, default_value = "info")]
     pub log_level: String,

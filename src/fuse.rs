@@ -312,8 +312,15 @@ impl Filesystem for FuseAdapter {
         self.spawn(
             "open",
             reply,
-            move |fs| async move { fs.open(ino.0, mode).await },
-            |reply, fh| reply.opened(FileHandle(fh), FopenFlags::empty()),
+            move |fs| async move { fs.open_keeping_cache(ino.0, mode).await },
+            |reply, (fh, keep)| {
+                let flags = if keep {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), flags)
+            },
         );
     }
 

@@ -4,6 +4,7 @@
 //! Supabase conventions) over `store` (the object store trait; `store::s3` is the only code that
 //! knows aws-sdk-s3). `connect` builds the S3 client; `server` is the built-in local S3 server.
 
+pub mod cache;
 pub mod cli;
 pub mod connect;
 pub mod daemon;

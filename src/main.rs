@@ -98,6 +98,7 @@ fn fs_config(options: &MountOptions, bucket: &str, prefix: String) -> anyhow::Re
         cache_dir: options.cache_dir.clone().unwrap_or_else(default_cache_dir),
         read_only: options.read_only,
         upload: default_upload(),
+        cache_memory: options.cache_memory_mib * 1024 * 1024,
     })
 }
 

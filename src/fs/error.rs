@@ -1,5 +1,6 @@
 //! The filesystem's error type and the one place where failures become errnos and log levels.
 
+use crate::cache::FetchError;
 use crate::store::StoreError;
 
 /// A failed filesystem operation.
@@ -27,6 +28,8 @@ pub enum FsError {
     Invalid(&'static str),
     #[error("the object changed on the server while it was open")]
     Stale,
+    #[error("{0}")]
+    Fetch(FetchError),
     #[error("no open file handle {0}")]
     BadHandle(u64),
     #[error("{context}: {source}")]
@@ -69,6 +72,8 @@ impl FsError {
             FsError::Invalid(_) => libc::EINVAL,
             // EIO rather than ESTALE: tools report ESTALE as an NFS problem, which misleads.
             FsError::Stale => libc::EIO,
+            FsError::Fetch(FetchError::Store(e)) => store_errno(e),
+            FsError::Fetch(_) => libc::EIO,
             FsError::BadHandle(_) => libc::EBADF,
             FsError::Local { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
         }
@@ -85,7 +90,13 @@ impl FsError {
             | FsError::Unsupported(_)
             | FsError::Invalid(_) => Level::Debug,
             FsError::Store(StoreError::NotFound { .. }) => Level::Debug,
-            FsError::Store(_) | FsError::InvalidName { .. } | FsError::Stale => Level::Warn,
+            FsError::Fetch(FetchError::Store(e)) if matches!(**e, StoreError::NotFound { .. }) => {
+                Level::Debug
+            }
+            FsError::Store(_)
+            | FsError::Fetch(_)
+            | FsError::InvalidName { .. }
+            | FsError::Stale => Level::Warn,
             FsError::BadHandle(_) | FsError::Local { .. } => Level::Error,
         }
     }

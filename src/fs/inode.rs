@@ -25,6 +25,9 @@ pub struct Node {
     pub etag: Option<String>,
     /// Attributes are trusted until then; afterwards the server is asked again.
     pub valid_until: Instant,
+    /// ETag at the last read-only open: if it is unchanged at the next open, the kernel may
+    /// keep the pages it cached.
+    pub opened_etag: Option<String>,
     /// Lookups the kernel holds (forget gives them back).
     lookups: u64,
 }
@@ -55,6 +58,7 @@ impl InodeTable {
             etag: None,
             // The root always exists; its attributes never need the server.
             valid_until: Instant::now() + std::time::Duration::from_secs(u32::MAX as u64),
+            opened_etag: None,
             lookups: 1,
         };
         Self {
@@ -100,6 +104,7 @@ impl InodeTable {
                 mtime: seen.mtime,
                 etag: seen.etag,
                 valid_until,
+                opened_etag: None,
                 lookups: 0,
             },
         );

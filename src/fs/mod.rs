@@ -24,6 +24,7 @@ use inode::{child_path, parent_path, InodeTable, Node, Observed, ROOT_INO};
 use open_file::{save_recovery_copy, OpenFile, Staging, Uploads};
 use reader::Reader;
 
+use crate::cache::BlockCache;
 use crate::names::{check_new_name, first_refused_char, is_listable, FOLDER_PLACEHOLDER};
 use crate::store::{ObjectStore, StoreError};
 use crate::upload::{UploadConfig, UploadError};
@@ -45,6 +46,8 @@ pub struct FsConfig {
     pub cache_dir: PathBuf,
     pub read_only: bool,
     pub upload: UploadConfig,
+    /// Memory for cached object data, in bytes.
+    pub cache_memory: u64,
 }
 
 /// Attributes of a file or directory, as the kernel needs them.
@@ -108,6 +111,7 @@ struct FileHandle {
 /// The filesystem over one bucket (or prefix of it).
 pub struct Fs {
     store: Arc<dyn ObjectStore>,
+    cache: Arc<BlockCache>,
     uploads: Uploads,
     cfg: FsConfig,
     mounted_at: SystemTime,
@@ -137,6 +141,7 @@ impl Fs {
             config: cfg.upload,
         };
         Ok(Self {
+            cache: Arc::new(BlockCache::new(cfg.cache_memory)),
             store,
             uploads,
             cfg,
@@ -643,6 +648,23 @@ impl Fs {
     }
 
     pub async fn open(&self, ino: u64, mode: OpenMode) -> FsResult<u64> {
+        Ok(self.open_keeping_cache(ino, mode).await?.0)
+    }
+
+    /// Open, and say whether the kernel may keep the pages it cached for this file: only for
+    /// reading a file whose ETag has not changed since it was last opened.
+    pub async fn open_keeping_cache(&self, ino: u64, mode: OpenMode) -> FsResult<(u64, bool)> {
+        let fh = self.open_handle(ino, mode).await?;
+        let mut inodes = lock(&self.inodes);
+        let Some(node) = inodes.get_mut(ino) else {
+            return Ok((fh, false));
+        };
+        let unchanged = node.etag.is_some() && node.etag == node.opened_etag;
+        node.opened_etag = if mode.write { None } else { node.etag.clone() };
+        Ok((fh, unchanged && !mode.write && !self.is_staged(ino)))
+    }
+
+    async fn open_handle(&self, ino: u64, mode: OpenMode) -> FsResult<u64> {
         let node = self.node(ino)?;
         if node.kind == Kind::Dir {
             return Err(FsError::IsDir);
@@ -668,7 +690,7 @@ impl Fs {
             self.drop_open_ref(&open);
             return Err(e);
         }
-        let reader = Reader::new(self.key(&node.path), node.size, None);
+        let reader = Reader::new(self.key(&node.path), node.size, node.etag.clone());
         let handle = FileHandle {
             open,
             writable: mode.write,
@@ -708,7 +730,9 @@ impl Fs {
         let mut reader = Reader::new(key.to_string(), size, None);
         let mut offset = 0;
         while offset < size {
-            let chunk = reader.read(self.store.as_ref(), offset, 8 << 20).await?;
+            let chunk = reader
+                .read(&self.store, &self.cache, offset, 8 << 20)
+                .await?;
             if chunk.is_empty() {
                 return Err(FsError::Stale);
             }
@@ -725,7 +749,7 @@ impl Fs {
             return staging.read_at(offset, size).await;
         }
         let mut reader = handle.reader.lock().await;
-        reader.read(self.store.as_ref(), offset, size).await
+        reader.read(&self.store, &self.cache, offset, size).await
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> FsResult<u32> {

@@ -1,43 +1,60 @@
-//! Reading an object that is not staged locally: ranged GETs pinned to the ETag of the first
-//! answer, with a simple read-ahead window that doubles while reads stay sequential.
+//! Reading an object that is not staged locally.
+//!
+//! Each open handle keeps a [`Reader`]. Reads are pinned to the ETag the object had at open
+//! (or, if none was known, at the first GET), so a reader never gets a mix of two versions.
+//!
+//! Sequential reads go through the shared [`BlockCache`] and start a read-ahead window that
+//! doubles with each sequential read, from [`INITIAL_WINDOW`] up to [`MAX_WINDOW`]; its blocks
+//! are fetched in the background by several GETs at once. A read that jumps elsewhere resets
+//! the window and fetches exactly the bytes asked for, uncached, so random access never
+//! downloads what nobody reads. Read-ahead stops with the handle: it only ever runs ahead of
+//! reads that arrive.
 
-use bytes::Bytes;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
 
 use super::error::{FsError, FsResult};
+use crate::cache::{BlockCache, FetchError, Pinned, BLOCK_SIZE};
 use crate::store::ObjectStore;
 
-const MIN_WINDOW: u64 = 1024 * 1024;
-const MAX_WINDOW: u64 = 16 * 1024 * 1024;
-/// The kernel sends read-ahead requests concurrently, so they may arrive slightly out of
-/// order; reads landing this close to the buffer still count as sequential.
-const SEQUENTIAL_SLACK: u64 = 4 * 1024 * 1024;
+/// The first read-ahead: small, because many files are read only in part.
+const INITIAL_WINDOW: u64 = BLOCK_SIZE;
+/// Enough GETs in flight to keep a fast link busy.
+const MAX_WINDOW: u64 = 64 * 1024 * 1024;
+/// The kernel sends its own read-ahead requests concurrently, so they may arrive slightly out
+/// of order; reads landing this close after the last one still count as sequential.
+const SEQUENTIAL_SLACK: u64 = 2 * 1024 * 1024;
 
 #[derive(Debug)]
 pub struct Reader {
-    key: String,
+    key: Arc<str>,
     size: u64,
-    etag: Option<String>,
-    buf_start: u64,
-    buf: Bytes,
+    etag: Option<Arc<str>>,
+    /// Where the last read ended.
+    next: u64,
     window: u64,
+    /// Blocks below this index have been asked for already.
+    prefetched_to: u64,
 }
 
 impl Reader {
-    /// `size` is the object's size when it was opened; `etag`, if known, pins the version.
+    /// `size` is the object's size at open; `etag`, if known, pins the version.
     pub fn new(key: String, size: u64, etag: Option<String>) -> Self {
         Self {
-            key,
+            key: key.into(),
             size,
-            etag,
-            buf_start: 0,
-            buf: Bytes::new(),
-            window: MIN_WINDOW,
+            etag: etag.map(Into::into),
+            next: 0,
+            window: INITIAL_WINDOW,
+            prefetched_to: 0,
         }
     }
 
     pub async fn read(
         &mut self,
-        store: &dyn ObjectStore,
+        store: &Arc<dyn ObjectStore>,
+        cache: &Arc<BlockCache>,
         offset: u64,
         len: u32,
     ) -> FsResult<Bytes> {
@@ -45,39 +62,94 @@ impl Reader {
             return Ok(Bytes::new());
         }
         let end = (offset + len as u64).min(self.size);
-        let buf_end = self.buf_start + self.buf.len() as u64;
-        if offset >= self.buf_start && end <= buf_end {
-            return Ok(self.slice(offset, end));
-        }
-        let sequential = offset >= self.buf_start && offset <= buf_end + SEQUENTIAL_SLACK;
-        self.window = if sequential && !self.buf.is_empty() {
-            (self.window * 2).min(MAX_WINDOW)
-        } else {
-            MIN_WINDOW
+        let sequential = offset >= self.next.saturating_sub(SEQUENTIAL_SLACK)
+            && offset <= self.next + SEQUENTIAL_SLACK;
+        self.next = end;
+        let Some(etag) = self.etag.clone().filter(|_| sequential) else {
+            self.window = INITIAL_WINDOW;
+            return self.read_direct(store.as_ref(), offset, end).await;
         };
-        let fetch_end = end.max(offset + self.window).min(self.size);
-        let got = store.get_range(&self.key, offset, fetch_end).await?;
+        let object = Pinned {
+            key: self.key.clone(),
+            etag,
+            size: self.size,
+        };
+        let (first, last) = (offset / BLOCK_SIZE, (end - 1) / BLOCK_SIZE);
+        self.read_ahead(store, cache, &object, end);
+        let blocks = cache
+            .read_blocks(store, &object, first, last)
+            .await
+            .map_err(|e| self.fetch_failed(e))?;
+        Ok(slice_blocks(&blocks, first, offset, end))
+    }
+
+    /// Grow the window and ask for the blocks it covers that nobody asked for yet.
+    fn read_ahead(
+        &mut self,
+        store: &Arc<dyn ObjectStore>,
+        cache: &Arc<BlockCache>,
+        object: &Pinned,
+        end: u64,
+    ) {
+        // Never let one reader's read-ahead take more than a quarter of the cache.
+        let cap = (cache.budget() / 4).clamp(BLOCK_SIZE, MAX_WINDOW);
+        self.window = (self.window * 2).min(cap);
+        let from = self.prefetched_to.max(end.div_ceil(BLOCK_SIZE));
+        let to = (end + self.window)
+            .div_ceil(BLOCK_SIZE)
+            .min(object.block_count());
+        if from < to {
+            cache.prefetch(store, object, from, to - 1);
+            self.prefetched_to = to;
+        }
+    }
+
+    /// One GET of exactly `offset..end`, checked against the pinned version.
+    async fn read_direct(
+        &mut self,
+        store: &dyn ObjectStore,
+        offset: u64,
+        end: u64,
+    ) -> FsResult<Bytes> {
+        let got = store.get_range(&self.key, offset, end).await?;
         match (&self.etag, got.etag) {
-            (Some(pinned), Some(seen)) if *pinned != seen => {
-                tracing::warn!(key = %self.key, "object changed on the server while open; failing the read");
-                return Err(FsError::Stale);
+            (Some(pinned), Some(seen)) if **pinned != *seen => {
+                return Err(self.fetch_failed(FetchError::Changed {
+                    expected: pinned.to_string(),
+                    seen,
+                }))
             }
-            (None, seen) => self.etag = seen,
+            (None, Some(seen)) => self.etag = Some(seen.into()),
             _ => {}
         }
         if (got.data.len() as u64) < end - offset {
-            return Err(FsError::Stale);
+            return Err(self.fetch_failed(FetchError::Short));
         }
-        self.buf_start = offset;
-        self.buf = got.data;
-        Ok(self.slice(offset, end))
+        Ok(got.data)
     }
 
-    fn slice(&self, start: u64, end: u64) -> Bytes {
-        let from = (start - self.buf_start) as usize;
-        let to = (end - self.buf_start) as usize;
-        self.buf.slice(from..to)
+    fn fetch_failed(&self, err: FetchError) -> FsError {
+        if matches!(err, FetchError::Changed { .. } | FetchError::Short) {
+            tracing::warn!(key = %self.key, error = %err, "object changed on the server while open; failing the read");
+        }
+        FsError::Fetch(err)
     }
+}
+
+/// Bytes `offset..end` out of consecutive blocks starting at block `first`.
+fn slice_blocks(blocks: &[Bytes], first: u64, offset: u64, end: u64) -> Bytes {
+    let base = first * BLOCK_SIZE;
+    if blocks.len() == 1 {
+        return blocks[0].slice((offset - base) as usize..(end - base) as usize);
+    }
+    let mut out = BytesMut::with_capacity((end - offset) as usize);
+    for (i, block) in blocks.iter().enumerate() {
+        let block_start = base + i as u64 * BLOCK_SIZE;
+        let from = offset.saturating_sub(block_start).min(block.len() as u64) as usize;
+        let to = (end - block_start).min(block.len() as u64) as usize;
+        out.extend_from_slice(&block[from..to]);
+    }
+    out.freeze()
 }
 
 #[cfg(test)]
@@ -85,44 +157,104 @@ mod tests {
     use super::*;
     use crate::store::memory::{MemoryStore, Op};
 
+    fn setup(
+        data: &[u8],
+    ) -> (
+        Arc<MemoryStore>,
+        Arc<dyn ObjectStore>,
+        Arc<BlockCache>,
+        Reader,
+    ) {
+        let store = Arc::new(MemoryStore::new());
+        store.insert("f", data.to_vec());
+        let dyn_store: Arc<dyn ObjectStore> = store.clone();
+        let cache = Arc::new(BlockCache::new(256 << 20));
+        let reader = Reader::new("f".into(), data.len() as u64, None);
+        (store, dyn_store, cache, reader)
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 253) as u8).collect()
+    }
+
     #[tokio::test]
-    async fn sequential_reads_grow_the_window() {
-        let store = MemoryStore::new();
-        let data: Vec<u8> = (0..10 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
-        store.insert("f", data.clone());
-        let mut reader = Reader::new("f".into(), data.len() as u64, None);
+    async fn sequential_reads_return_exact_bytes_with_few_requests() {
+        let data = pattern(40 * 1024 * 1024 + 123);
+        let (store, s, cache, mut reader) = setup(&data);
         let mut out = Vec::new();
-        let mut offset = 0;
-        while offset < data.len() as u64 {
-            let chunk = reader.read(&store, offset, 128 * 1024).await.unwrap();
-            offset += chunk.len() as u64;
+        while out.len() < data.len() {
+            let chunk = reader
+                .read(&s, &cache, out.len() as u64, 128 * 1024)
+                .await
+                .unwrap();
+            assert!(!chunk.is_empty());
             out.extend_from_slice(&chunk);
         }
         assert_eq!(out, data);
-        // 1 + 2 + 4 + 8 MiB windows cover 10 MiB in four requests.
+        // 40 MiB in 128 KiB reads is 321 reads; read-ahead makes that a handful of GETs.
+        assert!(store.count(Op::Get) < 40, "{} GETs", store.count(Op::Get));
+    }
+
+    #[tokio::test]
+    async fn random_reads_fetch_only_what_is_read() {
+        let data = pattern(8 * 1024 * 1024);
+        let (store, s, cache, mut reader) = setup(&data);
+        let mut read = 0;
+        for offset in [5_000_000u64, 100, 7_000_000, 3_000_000] {
+            let got = reader.read(&s, &cache, offset, 4096).await.unwrap();
+            assert_eq!(&got[..], &data[offset as usize..offset as usize + 4096]);
+            read += 4096;
+        }
+        assert_eq!(
+            cache
+                .stats
+                .fetched_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
         assert_eq!(store.count(Op::Get), 4);
+        let _ = read;
+    }
+
+    #[tokio::test]
+    async fn two_readers_of_one_object_get_the_same_bytes() {
+        let data = pattern(9 * 1024 * 1024);
+        let (_, s, cache, mut a) = setup(&data);
+        let mut b = Reader::new("f".into(), data.len() as u64, None);
+        let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+        while out_a.len() < data.len() {
+            let (x, y) = tokio::join!(
+                a.read(&s, &cache, out_a.len() as u64, 1 << 20),
+                b.read(&s, &cache, out_b.len() as u64, 1 << 20)
+            );
+            out_a.extend_from_slice(&x.unwrap());
+            out_b.extend_from_slice(&y.unwrap());
+        }
+        assert_eq!(out_a, data);
+        assert_eq!(out_b, data);
     }
 
     #[tokio::test]
     async fn end_of_file_and_empty_objects_need_no_request() {
-        let store = MemoryStore::new();
-        store.insert("empty", "");
-        let mut reader = Reader::new("empty".into(), 0, None);
-        assert!(reader.read(&store, 0, 4096).await.unwrap().is_empty());
+        let (store, s, cache, mut reader) = setup(b"");
+        assert!(reader.read(&s, &cache, 0, 4096).await.unwrap().is_empty());
         assert_eq!(store.count(Op::Get), 0);
+        let (store, s, cache, mut reader) = setup(b"abc");
+        assert_eq!(&reader.read(&s, &cache, 1, 4096).await.unwrap()[..], b"bc");
+        assert!(reader.read(&s, &cache, 3, 4096).await.unwrap().is_empty());
+        assert_eq!(store.count(Op::Get), 1);
     }
 
     #[tokio::test]
     async fn a_changed_object_fails_the_read() {
-        let store = MemoryStore::new();
-        store.insert("f", vec![1u8; 3 * 1024 * 1024]);
-        let mut reader = Reader::new("f".into(), 3 * 1024 * 1024, None);
-        reader.read(&store, 0, 4096).await.unwrap();
+        let data = pattern(3 * 1024 * 1024);
+        let (store, s, cache, mut reader) = setup(&data);
+        reader.read(&s, &cache, 0, 4096).await.unwrap();
         store.insert("f", vec![2u8; 3 * 1024 * 1024]);
         let err = reader
-            .read(&store, 2 * 1024 * 1024, 4096)
+            .read(&s, &cache, 2 * 1024 * 1024 + 5, 4096)
             .await
             .unwrap_err();
-        assert!(matches!(err, FsError::Stale));
+        assert_eq!(err.errno(), libc::EIO);
     }
 }

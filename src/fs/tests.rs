@@ -36,6 +36,7 @@ fn harness_with(prefix: &str, ttl: Duration) -> Harness {
         cache_dir: cache.path().to_path_buf(),
         read_only: false,
         upload: UploadConfig::default(),
+        cache_memory: 64 << 20,
     };
     let fs = Fs::new(store.clone(), cfg).unwrap();
     Harness {

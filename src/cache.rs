@@ -1,0 +1,370 @@
+//! The block cache: object data in fixed 1 MiB blocks, in memory, under a byte budget.
+//!
+//! A block is keyed by (object key, ETag, block index), so a changed object never serves stale
+//! bytes: its new ETag simply misses. Least recently used blocks go first when the budget is
+//! full. Fetches are shared: while a block is being fetched, other readers of the same block
+//! wait for that fetch instead of sending their own GET. Nothing else holds object data for
+//! long, so the budget bounds the memory of reads however many files are open.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use lru::LruCache;
+
+use crate::store::{ObjectStore, StoreError};
+
+pub const BLOCK_SIZE: u64 = 1024 * 1024;
+/// Longest run of blocks fetched with one GET: fewer requests, yet small enough that several
+/// run at once.
+const MAX_RUN_BLOCKS: u64 = 8;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    pub key: Arc<str>,
+    pub etag: Arc<str>,
+    pub index: u64,
+}
+
+/// A fetch failure, shared by everyone who waited for the fetch.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    #[error("{0}")]
+    Store(Arc<StoreError>),
+    #[error("the object changed on the server (ETag {seen:?}, expected {expected:?})")]
+    Changed { expected: String, seen: String },
+    #[error("the object is shorter than when it was opened")]
+    Short,
+}
+
+type Fetch = Shared<BoxFuture<'static, Result<Arc<Vec<Bytes>>, FetchError>>>;
+
+struct Blocks {
+    lru: LruCache<BlockKey, Bytes>,
+    bytes: u64,
+}
+
+/// Counters for tests and the benchmark.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub fetched_bytes: AtomicU64,
+}
+
+pub struct BlockCache {
+    budget: u64,
+    blocks: Mutex<Blocks>,
+    in_flight: Mutex<HashMap<BlockKey, (u64, Fetch)>>,
+    pub stats: CacheStats,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An object as a reader pinned it at open.
+#[derive(Debug, Clone)]
+pub struct Pinned {
+    pub key: Arc<str>,
+    pub etag: Arc<str>,
+    pub size: u64,
+}
+
+impl Pinned {
+    fn block_key(&self, index: u64) -> BlockKey {
+        BlockKey {
+            key: self.key.clone(),
+            etag: self.etag.clone(),
+            index,
+        }
+    }
+
+    pub fn block_count(&self) -> u64 {
+        self.size.div_ceil(BLOCK_SIZE)
+    }
+}
+
+impl BlockCache {
+    /// A cache holding at most `budget` bytes of blocks.
+    pub fn new(budget: u64) -> Self {
+        Self {
+            budget,
+            blocks: Mutex::new(Blocks {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+            }),
+            in_flight: Mutex::new(HashMap::new()),
+            stats: CacheStats::default(),
+        }
+    }
+
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    pub fn used(&self) -> u64 {
+        lock(&self.blocks).bytes
+    }
+
+    fn get(&self, key: &BlockKey) -> Option<Bytes> {
+        lock(&self.blocks).lru.get(key).cloned()
+    }
+
+    fn insert(&self, key: BlockKey, data: Bytes) {
+        if self.budget < data.len() as u64 {
+            return;
+        }
+        let mut blocks = lock(&self.blocks);
+        let len = data.len() as u64;
+        if let Some(old) = blocks.lru.put(key, data) {
+            blocks.bytes -= old.len() as u64;
+        }
+        blocks.bytes += len;
+        while blocks.bytes > self.budget {
+            match blocks.lru.pop_lru() {
+                Some((_, evicted)) => blocks.bytes -= evicted.len() as u64,
+                None => break,
+            }
+        }
+    }
+
+    /// Blocks `first..=last` of `object`, from the cache or fetched (at most one GET per run of
+    /// missing blocks, shared with concurrent readers).
+    pub async fn read_blocks(
+        self: &Arc<Self>,
+        store: &Arc<dyn ObjectStore>,
+        object: &Pinned,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<Bytes>, FetchError> {
+        let mut found: Vec<Option<Bytes>> = (first..=last)
+            .map(|i| self.get(&object.block_key(i)))
+            .collect();
+        let hits = found.iter().filter(|b| b.is_some()).count() as u64;
+        self.stats.hits.fetch_add(hits, Ordering::Relaxed);
+        if hits as usize == found.len() {
+            return Ok(found.into_iter().flatten().collect());
+        }
+        let missing: Vec<u64> = (first..=last)
+            .zip(&found)
+            .filter(|(_, b)| b.is_none())
+            .map(|(i, _)| i)
+            .collect();
+        self.stats
+            .misses
+            .fetch_add(missing.len() as u64, Ordering::Relaxed);
+        for (index, fetch, run_first) in self.claim(store, object, &missing) {
+            let run = fetch.await?;
+            let position = (index - first) as usize;
+            found[position] = run.get((index - run_first) as usize).cloned();
+        }
+        found
+            .into_iter()
+            .map(|b| b.ok_or(FetchError::Short))
+            .collect()
+    }
+
+    /// Start fetching blocks `first..=last` in the background if they are neither cached nor
+    /// being fetched (read-ahead). Returns without waiting.
+    pub fn prefetch(
+        self: &Arc<Self>,
+        store: &Arc<dyn ObjectStore>,
+        object: &Pinned,
+        first: u64,
+        last: u64,
+    ) {
+        let last = last.min(object.block_count().saturating_sub(1));
+        if first > last {
+            return;
+        }
+        let missing: Vec<u64> = (first..=last)
+            .filter(|&i| !lock(&self.blocks).lru.contains(&object.block_key(i)))
+            .collect();
+        for (_, fetch, _) in self.claim(store, object, &missing) {
+            tokio::spawn(fetch.map(|_| ()));
+        }
+    }
+
+    /// For each block in `indexes`, the fetch that will bring it: an existing one, or a new
+    /// one covering a run of neighbouring blocks.
+    fn claim(
+        self: &Arc<Self>,
+        store: &Arc<dyn ObjectStore>,
+        object: &Pinned,
+        indexes: &[u64],
+    ) -> Vec<(u64, Fetch, u64)> {
+        let mut in_flight = lock(&self.in_flight);
+        let mut out = Vec::with_capacity(indexes.len());
+        let mut run: Vec<u64> = Vec::new();
+        let flush = |run: &mut Vec<u64>,
+                     out: &mut Vec<(u64, Fetch, u64)>,
+                     in_flight: &mut HashMap<BlockKey, (u64, Fetch)>| {
+            if run.is_empty() {
+                return;
+            }
+            let (run_first, run_last) = (run[0], run[run.len() - 1]);
+            let fetch = self.fetch_run(store.clone(), object.clone(), run_first, run_last);
+            for &i in run.iter() {
+                in_flight.insert(object.block_key(i), (run_first, fetch.clone()));
+                out.push((i, fetch.clone(), run_first));
+            }
+            run.clear();
+        };
+        for &i in indexes {
+            if let Some((run_first, fetch)) = in_flight.get(&object.block_key(i)) {
+                out.push((i, fetch.clone(), *run_first));
+                continue;
+            }
+            let extends =
+                run.last().is_some_and(|&l| l + 1 == i) && (run.len() as u64) < MAX_RUN_BLOCKS;
+            if !extends {
+                flush(&mut run, &mut out, &mut in_flight);
+            }
+            run.push(i);
+        }
+        flush(&mut run, &mut out, &mut in_flight);
+        out
+    }
+
+    fn fetch_run(
+        self: &Arc<Self>,
+        store: Arc<dyn ObjectStore>,
+        object: Pinned,
+        first: u64,
+        last: u64,
+    ) -> Fetch {
+        let cache = self.clone();
+        async move {
+            let result = cache.get_run(&*store, &object, first, last).await;
+            let mut in_flight = lock(&cache.in_flight);
+            for i in first..=last {
+                in_flight.remove(&object.block_key(i));
+            }
+            result
+        }
+        .boxed()
+        .shared()
+    }
+
+    async fn get_run(
+        &self,
+        store: &dyn ObjectStore,
+        object: &Pinned,
+        first: u64,
+        last: u64,
+    ) -> Result<Arc<Vec<Bytes>>, FetchError> {
+        let start = first * BLOCK_SIZE;
+        let end = ((last + 1) * BLOCK_SIZE).min(object.size);
+        let got = store
+            .get_range(&object.key, start, end)
+            .await
+            .map_err(|e| FetchError::Store(Arc::new(e)))?;
+        if let Some(seen) = &got.etag {
+            if **seen != *object.etag {
+                return Err(FetchError::Changed {
+                    expected: object.etag.to_string(),
+                    seen: seen.clone(),
+                });
+            }
+        }
+        if (got.data.len() as u64) < end - start {
+            return Err(FetchError::Short);
+        }
+        self.stats
+            .fetched_bytes
+            .fetch_add(got.data.len() as u64, Ordering::Relaxed);
+        let mut blocks = Vec::with_capacity((last - first + 1) as usize);
+        for i in first..=last {
+            let from = (i * BLOCK_SIZE - start) as usize;
+            let to = (((i + 1) * BLOCK_SIZE).min(end) - start) as usize;
+            let block = got.data.slice(from..to);
+            self.insert(object.block_key(i), block.clone());
+            blocks.push(block);
+        }
+        Ok(Arc::new(blocks))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::{MemoryStore, Op};
+
+    fn object(store: &MemoryStore, key: &str, size: usize) -> (Pinned, Vec<u8>) {
+        let data: Vec<u8> = (0..size).map(|i| (i % 249) as u8).collect();
+        store.insert(key, data.clone());
+        let etag = format!(
+            "\"{}\"",
+            hex::encode(<md5::Md5 as md5::Digest>::digest(&data))
+        );
+        let pinned = Pinned {
+            key: key.into(),
+            etag: etag.into(),
+            size: size as u64,
+        };
+        (pinned, data)
+    }
+
+    fn setup(budget: u64) -> (Arc<BlockCache>, Arc<MemoryStore>, Arc<dyn ObjectStore>) {
+        let store = Arc::new(MemoryStore::new());
+        let dyn_store: Arc<dyn ObjectStore> = store.clone();
+        (Arc::new(BlockCache::new(budget)), store, dyn_store)
+    }
+
+    #[tokio::test]
+    async fn a_cached_block_is_not_fetched_twice() {
+        let (cache, store, s) = setup(64 << 20);
+        let (obj, data) = object(&store, "f", 3 * BLOCK_SIZE as usize + 10);
+        let blocks = cache.read_blocks(&s, &obj, 0, 3).await.unwrap();
+        assert_eq!(blocks.concat(), data);
+        assert_eq!(store.count(Op::Get), 1, "one run, one GET");
+        cache.read_blocks(&s, &obj, 1, 2).await.unwrap();
+        assert_eq!(store.count(Op::Get), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_readers_share_one_fetch() {
+        let (cache, store, s) = setup(64 << 20);
+        let (obj, _) = object(&store, "f", 2 * BLOCK_SIZE as usize);
+        let (a, b) = tokio::join!(
+            cache.read_blocks(&s, &obj, 0, 1),
+            cache.read_blocks(&s, &obj, 0, 1)
+        );
+        assert_eq!(a.unwrap(), b.unwrap());
+        assert_eq!(store.count(Op::Get), 1);
+    }
+
+    #[tokio::test]
+    async fn budget_evicts_least_recently_used() {
+        let (cache, store, s) = setup(2 * BLOCK_SIZE);
+        let (obj, _) = object(&store, "f", 4 * BLOCK_SIZE as usize);
+        cache.read_blocks(&s, &obj, 0, 3).await.unwrap();
+        assert!(cache.used() <= 2 * BLOCK_SIZE);
+        cache.read_blocks(&s, &obj, 3, 3).await.unwrap();
+        assert_eq!(store.count(Op::Get), 1, "the last blocks stayed");
+        cache.read_blocks(&s, &obj, 0, 0).await.unwrap();
+        assert_eq!(store.count(Op::Get), 2, "the first was evicted");
+    }
+
+    #[tokio::test]
+    async fn a_changed_object_is_detected() {
+        let (cache, store, s) = setup(64 << 20);
+        let (obj, _) = object(&store, "f", BLOCK_SIZE as usize);
+        store.insert("f", vec![9u8; BLOCK_SIZE as usize]);
+        let err = cache.read_blocks(&s, &obj, 0, 0).await.unwrap_err();
+        assert!(matches!(err, FetchError::Changed { .. }));
+    }
+
+    #[tokio::test]
+    async fn prefetched_blocks_serve_later_reads() {
+        let (cache, store, s) = setup(64 << 20);
+        let (obj, data) = object(&store, "f", 4 * BLOCK_SIZE as usize);
+        cache.prefetch(&s, &obj, 0, 3);
+        let blocks = cache.read_blocks(&s, &obj, 0, 3).await.unwrap();
+        assert_eq!(blocks.concat(), data);
+        assert_eq!(store.count(Op::Get), 1);
+    }
+}
