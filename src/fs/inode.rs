@@ -160,6 +160,29 @@ impl InodeTable {
             self.by_path.insert(to.to_string(), ino);
         }
     }
+
+    /// Move a directory and everything known below it to a new path.
+    pub fn rename_tree(&mut self, from: &str, to: &str) {
+        let below = format!("{from}/");
+        let moved: Vec<(String, u64)> = self
+            .by_path
+            .iter()
+            .filter(|(path, _)| path.as_str() == from || path.starts_with(&below))
+            .map(|(path, &ino)| (path.clone(), ino))
+            .collect();
+        for (old, _) in &moved {
+            self.by_path.remove(old);
+        }
+        self.detach(to);
+        for (old, ino) in moved {
+            let new = format!("{to}{}", &old[from.len()..]);
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                node.path = new.clone();
+                node.valid_until = Instant::now();
+            }
+            self.by_path.insert(new, ino);
+        }
+    }
 }
 
 /// `parent/name`, where the root is the empty path.

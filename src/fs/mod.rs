@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 
 pub use error::{FsError, FsResult, Level};
 pub use inode::Kind;
@@ -28,6 +29,9 @@ use crate::cache::BlockCache;
 use crate::names::{check_new_name, first_refused_char, is_listable, FOLDER_PLACEHOLDER};
 use crate::store::{ObjectStore, StoreError};
 use crate::upload::{UploadConfig, UploadError};
+
+/// Objects copied at once when a directory is renamed.
+const DIR_RENAME_CONCURRENCY: usize = 8;
 
 /// Settings of one mount.
 #[derive(Debug, Clone)]
@@ -435,17 +439,11 @@ impl Fs {
         if attr.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        let prefix = self.dir_prefix(&path);
-        let placeholder = format!("{prefix}{FOLDER_PLACEHOLDER}");
-        // At most the marker, the placeholder and one more key decide emptiness.
-        let page = self.store.list_page(&prefix, None, None, 3).await?;
-        let others = page
-            .objects
-            .iter()
-            .any(|o| o.key != prefix && o.key != placeholder);
-        if others || !page.prefixes.is_empty() || self.has_local_children(&path) {
+        if self.dir_has_entries(&path).await? {
             return Err(FsError::NotEmpty);
         }
+        let prefix = self.dir_prefix(&path);
+        let placeholder = format!("{prefix}{FOLDER_PLACEHOLDER}");
         self.store.delete(&placeholder).await?;
         self.store.delete(&prefix).await?;
         lock(&self.inodes).detach(&path);
@@ -486,7 +484,7 @@ impl Fs {
         let to = child_path(&self.dir_path(new_parent)?, new_name);
         let source = self.stat_path(&from).await?.ok_or(FsError::NotFound)?;
         if source.kind == Kind::Dir {
-            return Err(FsError::Unsupported("renaming a directory"));
+            return self.rename_dir(&from, &to, flags).await;
         }
         if let Some(target) = self.stat_path(&to).await? {
             if flags & libc::RENAME_NOREPLACE != 0 {
@@ -509,6 +507,86 @@ impl Fs {
             node.valid_until = Instant::now() + self.cfg.attr_ttl;
         }
         Ok(())
+    }
+
+    /// Rename a directory: every key below it is copied to the new name, then deleted, a few
+    /// at a time. S3 has no atomic rename, so an interruption leaves some objects under each
+    /// name (at most the few in flight under both); running the same `mv` again finishes it.
+    async fn rename_dir(&self, from: &str, to: &str, flags: u32) -> FsResult<()> {
+        if to.starts_with(&format!("{from}/")) {
+            return Err(FsError::Invalid("cannot move a directory into itself"));
+        }
+        if let Some(target) = self.stat_path(to).await? {
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                return Err(FsError::Exists);
+            }
+            if target.kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+            if self.dir_has_entries(to).await? {
+                return Err(FsError::NotEmpty);
+            }
+        }
+        let below = format!("{from}/");
+        let staged: Vec<Arc<OpenFile>> = {
+            let open: Vec<Arc<OpenFile>> = lock(&self.open_files).values().cloned().collect();
+            let inodes = lock(&self.inodes);
+            open.into_iter()
+                .filter(|o| {
+                    inodes
+                        .get(o.ino)
+                        .is_some_and(|n| n.path.starts_with(&below))
+                })
+                .collect()
+        };
+        for open in staged {
+            self.upload_staged(&open).await?;
+        }
+        let (from_prefix, to_prefix) = (self.dir_prefix(from), self.dir_prefix(to));
+        let keys = self.all_keys(&from_prefix).await?;
+        tracing::info!(from, to, objects = keys.len(), "renaming a directory");
+        futures::stream::iter(keys)
+            .map(|key| {
+                let target = format!("{to_prefix}{}", &key[from_prefix.len()..]);
+                async move {
+                    self.store.copy(&key, &target).await?;
+                    self.store.delete(&key).await
+                }
+            })
+            .buffer_unordered(DIR_RENAME_CONCURRENCY)
+            .try_collect::<()>()
+            .await?;
+        lock(&self.inodes).rename_tree(from, to);
+        Ok(())
+    }
+
+    /// Every key below `prefix`, all pages.
+    async fn all_keys(&self, prefix: &str) -> FsResult<Vec<String>> {
+        let (mut keys, mut token) = (Vec::new(), None);
+        loop {
+            let page = self
+                .store
+                .list_page(prefix, None, token, crate::store::MAX_KEYS_PER_PAGE)
+                .await?;
+            keys.extend(page.objects.into_iter().map(|o| o.key));
+            token = page.next_token;
+            if token.is_none() {
+                return Ok(keys);
+            }
+        }
+    }
+
+    /// Whether a directory holds anything but its placeholder or marker.
+    async fn dir_has_entries(&self, path: &str) -> FsResult<bool> {
+        let prefix = self.dir_prefix(path);
+        let placeholder = format!("{prefix}{FOLDER_PLACEHOLDER}");
+        // At most the marker, the placeholder and one more key decide emptiness.
+        let page = self.store.list_page(&prefix, None, None, 3).await?;
+        let others = page
+            .objects
+            .iter()
+            .any(|o| o.key != prefix && o.key != placeholder);
+        Ok(others || !page.prefixes.is_empty() || self.has_local_children(path))
     }
 
     pub fn statfs(&self) -> StatFs {

@@ -313,3 +313,57 @@ async fn changes_by_other_clients_show_without_ttl() {
     let (_, _) = (h.fs.lookup(ROOT, "g").await.unwrap(), ());
     assert_eq!(h.names(ROOT).await, [".", "..", "f", "g"]);
 }
+
+#[tokio::test]
+async fn rename_a_directory_moves_every_key() {
+    let h = harness();
+    let a = h.fs.mkdir(ROOT, "a").await.unwrap();
+    h.write_file(a.ino, "f", b"x").await.unwrap();
+    let sub = h.fs.mkdir(a.ino, "sub").await.unwrap();
+    h.write_file(sub.ino, "g", b"y").await.unwrap();
+    h.fs.rename(ROOT, "a", ROOT, "b", 0).await.unwrap();
+    let mut keys = h.store.keys();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "b/.emptyFolderPlaceholder",
+            "b/f",
+            "b/sub/.emptyFolderPlaceholder",
+            "b/sub/g"
+        ]
+    );
+    let b = h.fs.lookup(ROOT, "b").await.unwrap();
+    assert_eq!(b.ino, a.ino, "the kernel's inode follows the rename");
+    let sub = h.fs.lookup(b.ino, "sub").await.unwrap();
+    let g = h.fs.lookup(sub.ino, "g").await.unwrap();
+    assert_eq!(h.read_all(g.ino).await, b"y");
+}
+
+#[tokio::test]
+async fn rename_a_directory_onto_a_non_empty_one_fails() {
+    let h = harness();
+    h.fs.mkdir(ROOT, "a").await.unwrap();
+    let b = h.fs.mkdir(ROOT, "b").await.unwrap();
+    h.write_file(b.ino, "keep", b"1").await.unwrap();
+    let err = h.fs.rename(ROOT, "a", ROOT, "b", 0).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ENOTEMPTY);
+    let err =
+        h.fs.rename(ROOT, "a", ROOT, "b", libc::RENAME_NOREPLACE)
+            .await
+            .unwrap_err();
+    assert_eq!(err.errno(), libc::EEXIST);
+}
+
+#[tokio::test]
+async fn rename_of_a_directory_with_a_file_being_written() {
+    let h = harness();
+    let a = h.fs.mkdir(ROOT, "a").await.unwrap();
+    let (_, fh) = h.fs.create(a.ino, "w").await.unwrap();
+    h.fs.write(fh, 0, b"staged".to_vec()).await.unwrap();
+    h.fs.rename(ROOT, "a", ROOT, "z", 0).await.unwrap();
+    h.fs.write(fh, 6, b"!".to_vec()).await.unwrap();
+    h.fs.release(fh).await.unwrap();
+    assert_eq!(h.store.object("z/w").unwrap(), &b"staged!"[..]);
+    assert!(h.store.keys().iter().all(|k| k.starts_with("z/")));
+}
