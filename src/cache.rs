@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use lru::LruCache;
+use tokio::sync::Semaphore;
 
 use crate::store::{ObjectStore, StoreError};
 
@@ -56,6 +57,9 @@ pub struct CacheStats {
 
 pub struct BlockCache {
     budget: u64,
+    /// Blocks that read-ahead may have in flight at once, across all readers: without it, many
+    /// readers' windows together could hold far more than the budget.
+    prefetch_permits: Arc<Semaphore>,
     blocks: Mutex<Blocks>,
     in_flight: Mutex<HashMap<BlockKey, (u64, Fetch)>>,
     pub stats: CacheStats,
@@ -90,8 +94,10 @@ impl Pinned {
 impl BlockCache {
     /// A cache holding at most `budget` bytes of blocks.
     pub fn new(budget: u64) -> Self {
+        let prefetch_blocks = (budget / 2 / BLOCK_SIZE).max(1) as usize;
         Self {
             budget,
+            prefetch_permits: Arc::new(Semaphore::new(prefetch_blocks)),
             blocks: Mutex::new(Blocks {
                 lru: LruCache::unbounded(),
                 bytes: 0,
@@ -168,24 +174,46 @@ impl BlockCache {
     }
 
     /// Start fetching blocks `first..=last` in the background if they are neither cached nor
-    /// being fetched (read-ahead). Returns without waiting.
+    /// being fetched (read-ahead). Returns without waiting, and how many blocks it took on:
+    /// fewer than asked when the read-ahead limit is reached, so the caller asks again later.
     pub fn prefetch(
         self: &Arc<Self>,
         store: &Arc<dyn ObjectStore>,
         object: &Pinned,
         first: u64,
         last: u64,
-    ) {
+    ) -> u64 {
         let last = last.min(object.block_count().saturating_sub(1));
         if first > last {
-            return;
+            return 0;
         }
+        let available = self.prefetch_permits.available_permits() as u64;
+        if available == 0 {
+            return 0;
+        }
+        let last = last.min(first + available - 1);
+        let Ok(permits) = self
+            .prefetch_permits
+            .clone()
+            .try_acquire_many_owned((last - first + 1) as u32)
+        else {
+            return 0;
+        };
         let missing: Vec<u64> = (first..=last)
             .filter(|&i| !lock(&self.blocks).lru.contains(&object.block_key(i)))
             .collect();
-        for (_, fetch, _) in self.claim(store, object, &missing) {
-            tokio::spawn(fetch.map(|_| ()));
-        }
+        let fetches: Vec<Fetch> = self
+            .claim(store, object, &missing)
+            .into_iter()
+            .map(|(_, fetch, _)| fetch)
+            .collect();
+        tokio::spawn(async move {
+            for fetch in fetches {
+                let _ = fetch.await;
+            }
+            drop(permits);
+        });
+        last - first + 1
     }
 
     /// For each block in `indexes`, the fetch that will bring it: an existing one, or a new
@@ -356,6 +384,15 @@ mod tests {
         store.insert("f", vec![9u8; BLOCK_SIZE as usize]);
         let err = cache.read_blocks(&s, &obj, 0, 0).await.unwrap_err();
         assert!(matches!(err, FetchError::Changed { .. }));
+    }
+
+    #[tokio::test]
+    async fn read_ahead_is_limited_across_readers() {
+        // Half of an 8-block budget: at most four blocks of read-ahead in flight.
+        let (cache, store, s) = setup(8 * BLOCK_SIZE);
+        let (obj, _) = object(&store, "f", 16 * BLOCK_SIZE as usize);
+        assert_eq!(cache.prefetch(&s, &obj, 0, 15), 4);
+        assert_eq!(cache.prefetch(&s, &obj, 4, 15), 0);
     }
 
     #[tokio::test]

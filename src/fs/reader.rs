@@ -99,8 +99,7 @@ impl Reader {
             .div_ceil(BLOCK_SIZE)
             .min(object.block_count());
         if from < to {
-            cache.prefetch(store, object, from, to - 1);
-            self.prefetched_to = to;
+            self.prefetched_to = from + cache.prefetch(store, object, from, to - 1);
         }
     }
 
