@@ -22,7 +22,7 @@ use futures::{StreamExt, TryStreamExt};
 pub use error::{FsError, FsResult, Level};
 pub use inode::Kind;
 use inode::{child_path, parent_path, InodeTable, Node, Observed, ROOT_INO};
-use open_file::{save_recovery_copy, OpenFile, Staging, Uploads};
+use open_file::{save_recovery_copy, FailedUpload, OpenFile, Staging, Uploads};
 use reader::Reader;
 
 use crate::cache::BlockCache;
@@ -496,7 +496,7 @@ impl Fs {
         }
         // Data still staged must be on the server before it can be copied there.
         if let Some(open) = self.open_file(source.ino) {
-            self.upload_staged(&open).await?;
+            self.upload_staged(&open, true).await?;
         }
         let (from_key, to_key) = (self.key(&from), self.key(&to));
         self.store.copy(&from_key, &to_key).await?;
@@ -540,7 +540,7 @@ impl Fs {
                 .collect()
         };
         for open in staged {
-            self.upload_staged(&open).await?;
+            self.upload_staged(&open, true).await?;
         }
         let (from_prefix, to_prefix) = (self.dir_prefix(from), self.dir_prefix(to));
         let keys = self.all_keys(&from_prefix).await?;
@@ -843,7 +843,7 @@ impl Fs {
     /// close() and fsync(): the staged data is on the server when this returns Ok.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let handle = self.file_handle(fh)?;
-        self.upload_staged(&handle.open).await
+        self.upload_staged(&handle.open, true).await
     }
 
     pub async fn release(&self, fh: u64) -> FsResult<()> {
@@ -852,7 +852,7 @@ impl Fs {
             _ => return Err(FsError::BadHandle(fh)),
         };
         // close() already reported a failed upload; this retry only helps if it was transient.
-        let result = self.upload_staged(&handle.open).await;
+        let result = self.upload_staged(&handle.open, false).await;
         self.drop_open_ref(&handle.open);
         result
     }
@@ -864,9 +864,11 @@ impl Fs {
         }
     }
 
-    /// Upload the staged copy if it has changes the server lacks.
-    async fn upload_staged(&self, open: &OpenFile) -> FsResult<()> {
-        let mut recovery = open.upload.lock().await;
+    /// Upload the staged copy if it has changes the server lacks. After a failure the same
+    /// data is retried only when `retry` is set (fsync and close do; release does not: close
+    /// has already reported the failure and the data is kept).
+    async fn upload_staged(&self, open: &OpenFile, retry: bool) -> FsResult<()> {
+        let mut failed = open.upload.lock().await;
         let Some(staging) = open.staging() else {
             return Ok(());
         };
@@ -877,6 +879,16 @@ impl Fs {
         if open.unlinked.load(Ordering::Acquire) {
             staging.abandon(generation).await;
             return Ok(());
+        }
+        let same_data_failed = failed.as_ref().filter(|f| f.generation == generation);
+        if let (Some(earlier), false) = (same_data_failed, retry) {
+            return Err(FsError::local(
+                format!(
+                    "upload failed earlier; data kept in {}",
+                    earlier.copy.display()
+                ),
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ));
         }
         let path = self.path_of(open.ino)?;
         let key = self.key(&path);
@@ -899,29 +911,19 @@ impl Fs {
                         etag,
                     },
                 );
-                if let Some(old) = recovery.take() {
-                    tracing::info!(key, recovery = %old.display(), "upload succeeded on retry; the earlier recovery copy is no longer needed");
+                if let Some(old) = failed.take() {
+                    tracing::info!(key, recovery = %old.copy.display(), "upload succeeded on retry; the earlier recovery copy is no longer needed");
                 }
                 Ok(())
             }
             Err(err) => {
-                let saved = save_recovery_copy(
-                    staging.path(),
-                    &self.cfg.cache_dir.join("recovery"),
-                    &self.cfg.bucket,
-                    &key,
-                );
-                match &saved {
-                    Ok(copy) => tracing::error!(
-                        key, path = %path, error = %err, recovery = %copy.display(),
-                        "upload failed; the written data is kept in the recovery copy"
-                    ),
-                    Err(e) => tracing::error!(
-                        key, path = %path, error = %err, staging = %staging.path().display(),
-                        "upload failed and the recovery copy could not be written: {e}"
-                    ),
+                if failed.as_ref().is_none_or(|f| f.generation != generation) {
+                    *failed = self
+                        .keep_recovery_copy(&staging, generation, &key, &path, &err)
+                        .await;
+                } else {
+                    tracing::warn!(key, error = %err, "upload retry failed; the recovery copy is still kept");
                 }
-                *recovery = saved.ok();
                 Err(match err {
                     UploadError::Store(e) => FsError::Store(e),
                     UploadError::Staging(e) => {
@@ -936,11 +938,48 @@ impl Fs {
         }
     }
 
+    /// Copy staged data whose upload failed to the recovery directory, and say where.
+    async fn keep_recovery_copy(
+        &self,
+        staging: &Staging,
+        generation: u64,
+        key: &str,
+        path: &str,
+        err: &UploadError,
+    ) -> Option<FailedUpload> {
+        let (source, dir) = (
+            staging.path().to_path_buf(),
+            self.cfg.cache_dir.join("recovery"),
+        );
+        let (bucket, owned_key) = (self.cfg.bucket.clone(), key.to_string());
+        let saved = tokio::task::spawn_blocking(move || {
+            save_recovery_copy(&source, &dir, &bucket, &owned_key)
+        })
+        .await
+        .unwrap_or_else(|join| Err(std::io::Error::other(join)));
+        match saved {
+            Ok(copy) => {
+                tracing::error!(
+                    key, path, error = %err, recovery = %copy.display(),
+                    "upload failed; the written data is kept in the recovery copy"
+                );
+                Some(FailedUpload { copy, generation })
+            }
+            Err(e) => {
+                tracing::error!(
+                    key, path, error = %err, staging = %staging.path().display(),
+                    "upload failed and the recovery copy could not be written: {e}"
+                );
+                None
+            }
+        }
+    }
+
     /// Upload whatever is still staged, at unmount.
     pub async fn shutdown(&self) {
         let open: Vec<Arc<OpenFile>> = lock(&self.open_files).values().cloned().collect();
         for file in open {
-            if let Err(e) = self.upload_staged(&file).await {
+            if let Err(e) = self.upload_staged(&file, true).await {
                 tracing::error!(ino = file.ino, error = %e, "data of an open file could not be uploaded at unmount");
             }
         }

@@ -181,14 +181,22 @@ pub struct Uploads {
     pub config: UploadConfig,
 }
 
+/// An upload that failed, and where its data was kept.
+#[derive(Debug)]
+pub struct FailedUpload {
+    pub copy: PathBuf,
+    /// The staged generation that failed: the same data is not copied twice.
+    pub generation: u64,
+}
+
 /// State shared by all handles of one inode.
 pub struct OpenFile {
     pub ino: u64,
     /// Handles open on this inode; changed only under the filesystem's open-files lock.
     pub handles: AtomicUsize,
     staging: Mutex<Option<Arc<Staging>>>,
-    /// Serialises uploads (and creating the staging copy); holds the last recovery copy.
-    pub upload: tokio::sync::Mutex<Option<PathBuf>>,
+    /// Serialises uploads (and creating the staging copy); remembers the last failure.
+    pub upload: tokio::sync::Mutex<Option<FailedUpload>>,
     /// Unlinked while open: its data must not be uploaded again.
     pub unlinked: AtomicBool,
 }

@@ -125,8 +125,24 @@ async fn failed_upload_is_the_error_of_close_and_data_is_kept() {
     assert_eq!(err.errno(), libc::EIO);
     let kept = h.fs.config().cache_dir.join("recovery/b/lost.txt");
     assert_eq!(std::fs::read(kept).unwrap(), b"precious");
+    // fsync retries (and fails again) without a second copy; release does not retry.
+    assert!(h.fs.flush(fh).await.is_err());
     assert!(h.fs.release(fh).await.is_err());
     assert!(h.store.keys().is_empty());
+    let copies = std::fs::read_dir(h.fs.config().cache_dir.join("recovery/b")).unwrap();
+    assert_eq!(copies.count(), 1);
+}
+
+#[tokio::test]
+async fn a_retry_after_a_transient_failure_makes_the_data_durable() {
+    let h = harness();
+    let (_, fh) = h.fs.create(ROOT, "f").await.unwrap();
+    h.fs.write(fh, 0, b"data".to_vec()).await.unwrap();
+    h.store.fail_next(Op::Put, 1);
+    assert!(h.fs.flush(fh).await.is_err());
+    h.fs.flush(fh).await.unwrap();
+    h.fs.release(fh).await.unwrap();
+    assert_eq!(h.store.object("f").unwrap(), &b"data"[..]);
 }
 
 #[tokio::test]
