@@ -25,6 +25,9 @@ pub struct Staging {
     file: Arc<File>,
     path: PathBuf,
     writeback: Writeback,
+    /// A write that failed (a full staging disk): the staged data is then incomplete and must
+    /// never become the object.
+    write_error: Mutex<Option<i32>>,
     size: AtomicU64,
     write_gen: AtomicU64,
     uploaded_gen: AtomicU64,
@@ -51,6 +54,7 @@ impl Staging {
             file,
             path,
             writeback,
+            write_error: Mutex::new(None),
             size: AtomicU64::new(0),
             write_gen: AtomicU64::new(0),
             uploaded_gen: AtomicU64::new(0),
@@ -76,6 +80,13 @@ impl Staging {
 
     /// Send everything up to `generation` to the server as `key`.
     pub async fn upload(&self, key: &str, generation: u64) -> Result<Option<String>, UploadError> {
+        let write_error = *self.write_error.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(errno) = write_error {
+            self.writeback.abandon().await;
+            return Err(UploadError::Staging(std::io::Error::from_raw_os_error(
+                errno,
+            )));
+        }
         let etag = self.writeback.finish(key, self.size(), generation).await?;
         self.mark_uploaded(generation);
         Ok(etag)
@@ -96,10 +107,25 @@ impl Staging {
         self.write_gen.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Write at `offset`; parts the writer has moved past start uploading as `key`.
+    /// Write at `offset`; parts the writer has moved past start uploading as `key`. A failed
+    /// write (full disk, too large) spoils the staged copy for good: it is never uploaded.
     pub async fn write_at(&self, key: &str, offset: u64, data: Vec<u8>) -> FsResult<u32> {
         let len = data.len() as u64;
-        if offset + len > self.writeback.max_size() {
+        if let Err(e) = self.write_file(offset, data).await {
+            *self.write_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.errno());
+            return Err(e);
+        }
+        self.size.fetch_max(offset + len, Ordering::AcqRel);
+        let generation = self.write_gen.fetch_add(1, Ordering::AcqRel) + 1;
+        self.writeback
+            .wrote(key, offset, offset + len, generation)
+            .await;
+        Ok(len as u32)
+    }
+
+    async fn write_file(&self, offset: u64, data: Vec<u8>) -> FsResult<()> {
+        let end = offset.saturating_add(data.len() as u64);
+        if end > self.writeback.max_size() {
             return Err(FsError::local(
                 format!(
                     "writing past {} bytes, the largest object",
@@ -109,13 +135,7 @@ impl Staging {
             ));
         }
         let file = self.file.clone();
-        run_blocking(&self.path, move || file.write_all_at(&data, offset)).await?;
-        self.size.fetch_max(offset + len, Ordering::AcqRel);
-        let generation = self.write_gen.fetch_add(1, Ordering::AcqRel) + 1;
-        self.writeback
-            .wrote(key, offset, offset + len, generation)
-            .await;
-        Ok(len as u32)
+        run_blocking(&self.path, move || file.write_all_at(&data, offset)).await
     }
 
     pub async fn read_at(&self, offset: u64, len: u32) -> FsResult<Bytes> {
@@ -224,8 +244,9 @@ impl OpenFile {
     }
 }
 
-/// Keep a copy of staged bytes whose upload failed, under `dir/<bucket>/<key>`; returns its
-/// path. An existing copy of the same key gets a numbered sibling instead of being replaced.
+/// Keep the staged bytes whose upload failed under `dir/<bucket>/<key>`; returns the path.
+/// Later writes to the still-open file also reach this copy (it is the same file), so it holds
+/// the newest data. An existing copy of the same key gets a numbered sibling instead of being replaced.
 pub fn save_recovery_copy(
     staging: &Path,
     dir: &Path,
@@ -242,7 +263,11 @@ pub fn save_recovery_copy(
         candidate = PathBuf::from(format!("{}.{n}", target.display()));
         n += 1;
     }
-    std::fs::copy(staging, &candidate)?;
+    // A second name for the staged file costs no space and works on a full disk; a copy is
+    // only needed when the recovery directory is on another filesystem.
+    if std::fs::hard_link(staging, &candidate).is_err() {
+        std::fs::copy(staging, &candidate)?;
+    }
     Ok(candidate)
 }
 

@@ -383,3 +383,21 @@ async fn rename_of_a_directory_with_a_file_being_written() {
     assert_eq!(h.store.object("z/w").unwrap(), &b"staged!"[..]);
     assert!(h.store.keys().iter().all(|k| k.starts_with("z/")));
 }
+
+#[tokio::test]
+async fn a_failed_write_never_becomes_the_object() {
+    let h = harness();
+    h.write_file(ROOT, "f", b"original").await.unwrap();
+    let f = h.fs.lookup(ROOT, "f").await.unwrap();
+    let fh = h.fs.open(f.ino, WRITE).await.unwrap();
+    // Past the largest object size: the write fails like a full disk would.
+    let err =
+        h.fs.write(fh, u64::MAX / 2, b"x".to_vec())
+            .await
+            .unwrap_err();
+    assert_eq!(err.errno(), libc::EFBIG);
+    h.fs.write(fh, 0, b"changed".to_vec()).await.unwrap();
+    assert!(h.fs.flush(fh).await.is_err());
+    let _ = h.fs.release(fh).await;
+    assert_eq!(h.store.object("f").unwrap(), &b"original"[..]);
+}
