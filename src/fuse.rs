@@ -410,7 +410,7 @@ impl Filesystem for FuseAdapter {
         self.spawn(
             "fsync",
             reply,
-            move |fs| async move { fs.flush(fh.0).await },
+            move |fs| async move { fs.fsync(fh.0).await },
             |reply, ()| reply.ok(),
         );
     }

@@ -18,6 +18,10 @@ use supamount::mount::{default_cache_dir, default_upload, serve, split_bucket, M
 use supamount::server::{LocalServer, ServerConfig};
 
 fn main() -> ExitCode {
+    // The SDK's defaults fall back to the EC2 instance metadata service when a setting (the
+    // region) is missing. Supabase is never reached through it, and asking it means traffic to
+    // a link-local address; set before any thread starts, so nothing races this.
+    std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     let cli = Cli::parse();
     let mut readiness = Readiness::from_env();
     let result = match cli.command {

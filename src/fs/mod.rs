@@ -840,9 +840,25 @@ impl Fs {
         staging.write_at(&key, offset, data).await
     }
 
-    /// close() and fsync(): the staged data is on the server when this returns Ok.
+    /// fsync(): the staged data is on the server when this returns Ok.
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        let handle = self.file_handle(fh)?;
+        self.upload_staged(&handle.open, true).await
+    }
+
+    /// close() of one descriptor: like fsync, except for a file created (or truncated) empty
+    /// with nothing written yet. Tools such as `dd` and shells open a file and close a
+    /// duplicate descriptor before writing; uploading the empty file then would leave an empty
+    /// object behind if the writing later fails. Release uploads it if it stays empty.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let handle = self.file_handle(fh)?;
+        if handle
+            .open
+            .staging()
+            .is_some_and(|s| s.size() == 0 && !s.written())
+        {
+            return Ok(());
+        }
         self.upload_staged(&handle.open, true).await
     }
 
@@ -851,7 +867,6 @@ impl Fs {
             Some(Handle::File(h)) => h,
             _ => return Err(FsError::BadHandle(fh)),
         };
-        // close() already reported a failed upload; this retry only helps if it was transient.
         let result = self.upload_staged(&handle.open, false).await;
         self.drop_open_ref(&handle.open);
         result

@@ -28,6 +28,7 @@ pub struct Staging {
     /// A write that failed (a full staging disk): the staged data is then incomplete and must
     /// never become the object.
     write_error: Mutex<Option<i32>>,
+    written: AtomicBool,
     size: AtomicU64,
     write_gen: AtomicU64,
     uploaded_gen: AtomicU64,
@@ -55,6 +56,7 @@ impl Staging {
             path,
             writeback,
             write_error: Mutex::new(None),
+            written: AtomicBool::new(false),
             size: AtomicU64::new(0),
             write_gen: AtomicU64::new(0),
             uploaded_gen: AtomicU64::new(0),
@@ -102,6 +104,11 @@ impl Staging {
         self.uploaded_gen.fetch_max(generation, Ordering::AcqRel);
     }
 
+    /// Whether anything was written or truncated since the staging copy was made.
+    pub fn written(&self) -> bool {
+        self.written.load(Ordering::Acquire)
+    }
+
     /// Something changed that must reach the server (a new file that is still empty counts).
     pub fn mark_dirty(&self) {
         self.write_gen.fetch_add(1, Ordering::AcqRel);
@@ -116,6 +123,7 @@ impl Staging {
             return Err(e);
         }
         self.size.fetch_max(offset + len, Ordering::AcqRel);
+        self.written.store(true, Ordering::Release);
         let generation = self.write_gen.fetch_add(1, Ordering::AcqRel) + 1;
         self.writeback
             .wrote(key, offset, offset + len, generation)
@@ -158,6 +166,7 @@ impl Staging {
         let file = self.file.clone();
         run_blocking(&self.path, move || file.set_len(size)).await?;
         self.size.store(size, Ordering::Release);
+        self.written.store(true, Ordering::Release);
         let generation = self.write_gen.fetch_add(1, Ordering::AcqRel) + 1;
         self.writeback.truncated(size, generation).await;
         Ok(())

@@ -106,6 +106,18 @@ async fn empty_new_file_still_creates_an_object() {
 }
 
 #[tokio::test]
+async fn closing_a_duplicate_before_writing_uploads_nothing() {
+    let h = harness();
+    let (_, fh) = h.fs.create(ROOT, "f").await.unwrap();
+    h.fs.flush(fh).await.unwrap();
+    assert!(h.store.keys().is_empty());
+    h.fs.write(fh, 0, b"x".to_vec()).await.unwrap();
+    h.fs.flush(fh).await.unwrap();
+    assert_eq!(h.store.object("f").unwrap(), &b"x"[..]);
+    h.fs.release(fh).await.unwrap();
+}
+
+#[tokio::test]
 async fn files_larger_than_a_part_go_multipart() {
     let h = harness();
     let data: Vec<u8> = (0..(40 << 20)).map(|i| (i * 7 % 256) as u8).collect();
