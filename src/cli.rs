@@ -85,6 +85,9 @@ pub struct MountOptions {
     /// Memory for cached file data, in MiB (read-ahead included).
     #[arg(long = "cache-memory", default_value = "256", value_name = "MIB")]
     pub cache_memory_mib: u64,
+    /// Local disk for cached file data, in MiB, under CACHE_DIR/blocks (0: no disk cache).
+    #[arg(long = "cache-size", default_value = "0", value_name = "MIB")]
+    pub cache_disk_mib: u64,
     /// Log level (error, warn, info, debug, trace); SUPAMOUNT_LOG takes a full filter instead.
     #[arg(long, default_value = "info")]
     pub log_level: String,

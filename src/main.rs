@@ -103,6 +103,7 @@ fn fs_config(options: &MountOptions, bucket: &str, prefix: String) -> anyhow::Re
         read_only: options.read_only,
         upload: default_upload(),
         cache_memory: options.cache_memory_mib * 1024 * 1024,
+        cache_disk: options.cache_disk_mib * 1024 * 1024,
     })
 }
 

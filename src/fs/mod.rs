@@ -25,6 +25,7 @@ use inode::{child_path, parent_path, InodeTable, Node, Observed, ROOT_INO};
 use open_file::{save_recovery_copy, FailedUpload, OpenFile, Staging, Uploads};
 use reader::Reader;
 
+use crate::cache::disk::DiskTier;
 use crate::cache::BlockCache;
 use crate::names::{check_new_name, first_refused_char, is_listable, FOLDER_PLACEHOLDER};
 use crate::store::{ObjectStore, StoreError};
@@ -52,6 +53,8 @@ pub struct FsConfig {
     pub upload: UploadConfig,
     /// Memory for cached object data, in bytes.
     pub cache_memory: u64,
+    /// Local disk for cached object data under `cache_dir/blocks`, in bytes (0: none).
+    pub cache_disk: u64,
 }
 
 /// Attributes of a file or directory, as the kernel needs them.
@@ -144,8 +147,17 @@ impl Fs {
             permits: Arc::new(tokio::sync::Semaphore::new(cfg.upload.concurrency.max(1))),
             config: cfg.upload,
         };
+        let disk = match cfg.cache_disk {
+            0 => None,
+            size => {
+                let dir = cfg.cache_dir.join("blocks");
+                let tier = DiskTier::open(&dir, size)
+                    .map_err(|e| FsError::local(format!("preparing {}", dir.display()), e))?;
+                Some(tier)
+            }
+        };
         Ok(Self {
-            cache: Arc::new(BlockCache::new(cfg.cache_memory)),
+            cache: Arc::new(BlockCache::with_disk(cfg.cache_memory, disk)),
             store,
             uploads,
             cfg,

@@ -37,6 +37,7 @@ fn harness_with(prefix: &str, ttl: Duration) -> Harness {
         read_only: false,
         upload: UploadConfig::default(),
         cache_memory: 64 << 20,
+        cache_disk: 0,
     };
     let fs = Fs::new(store.clone(), cfg).unwrap();
     Harness {

@@ -4,7 +4,10 @@
 //! bytes: its new ETag simply misses. Least recently used blocks go first when the budget is
 //! full. Fetches are shared: while a block is being fetched, other readers of the same block
 //! wait for that fetch instead of sending their own GET. Nothing else holds object data for
-//! long, so the budget bounds the memory of reads however many files are open.
+//! long, so the budget bounds the memory of reads however many files are open. An optional
+//! disk tier ([`disk`]) keeps blocks that leave memory.
+
+pub mod disk;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,6 +60,7 @@ pub struct CacheStats {
 
 pub struct BlockCache {
     budget: u64,
+    disk: Option<Arc<disk::DiskTier>>,
     /// Blocks that read-ahead may have in flight at once, across all readers: without it, many
     /// readers' windows together could hold far more than the budget.
     prefetch_permits: Arc<Semaphore>,
@@ -92,11 +96,17 @@ impl Pinned {
 }
 
 impl BlockCache {
-    /// A cache holding at most `budget` bytes of blocks.
+    /// A cache holding at most `budget` bytes of blocks in memory.
     pub fn new(budget: u64) -> Self {
+        Self::with_disk(budget, None)
+    }
+
+    /// Also keep up to the disk tier's budget of blocks on local disk.
+    pub fn with_disk(budget: u64, disk: Option<disk::DiskTier>) -> Self {
         let prefetch_blocks = (budget / 2 / BLOCK_SIZE).max(1) as usize;
         Self {
             budget,
+            disk: disk.map(Arc::new),
             prefetch_permits: Arc::new(Semaphore::new(prefetch_blocks)),
             blocks: Mutex::new(Blocks {
                 lru: LruCache::unbounded(),
@@ -115,11 +125,23 @@ impl BlockCache {
         lock(&self.blocks).bytes
     }
 
+    /// Whether a block is in memory or on disk.
+    fn holds(&self, key: &BlockKey) -> bool {
+        lock(&self.blocks).lru.contains(key) || self.disk.as_ref().is_some_and(|d| d.contains(key))
+    }
+
     fn get(&self, key: &BlockKey) -> Option<Bytes> {
         lock(&self.blocks).lru.get(key).cloned()
     }
 
     fn insert(&self, key: BlockKey, data: Bytes) {
+        if let Some(disk) = &self.disk {
+            disk.put(key.clone(), data.clone());
+        }
+        self.insert_memory(key, data);
+    }
+
+    fn insert_memory(&self, key: BlockKey, data: Bytes) {
         if self.budget < data.len() as u64 {
             return;
         }
@@ -149,6 +171,17 @@ impl BlockCache {
         let mut found: Vec<Option<Bytes>> = (first..=last)
             .map(|i| self.get(&object.block_key(i)))
             .collect();
+        if let Some(disk) = &self.disk {
+            for (i, slot) in (first..=last).zip(found.iter_mut()) {
+                if slot.is_none() {
+                    let key = object.block_key(i);
+                    if let Some(data) = disk.get(&key).await {
+                        self.insert_memory(key, data.clone());
+                        *slot = Some(data);
+                    }
+                }
+            }
+        }
         let hits = found.iter().filter(|b| b.is_some()).count() as u64;
         self.stats.hits.fetch_add(hits, Ordering::Relaxed);
         if hits as usize == found.len() {
@@ -200,7 +233,7 @@ impl BlockCache {
             return 0;
         };
         let missing: Vec<u64> = (first..=last)
-            .filter(|&i| !lock(&self.blocks).lru.contains(&object.block_key(i)))
+            .filter(|&i| !self.holds(&object.block_key(i)))
             .collect();
         let fetches: Vec<Fetch> = self
             .claim(store, object, &missing)
@@ -375,6 +408,27 @@ mod tests {
         assert_eq!(store.count(Op::Get), 1, "the last blocks stayed");
         cache.read_blocks(&s, &obj, 0, 0).await.unwrap();
         assert_eq!(store.count(Op::Get), 2, "the first was evicted");
+    }
+
+    #[tokio::test]
+    async fn blocks_evicted_from_memory_come_back_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = disk::DiskTier::open(&dir.path().join("blocks"), 64 << 20).unwrap();
+        let cache = Arc::new(BlockCache::with_disk(BLOCK_SIZE, Some(disk)));
+        let store = Arc::new(MemoryStore::new());
+        let s: Arc<dyn ObjectStore> = store.clone();
+        let (obj, data) = object(&store, "f", 4 * BLOCK_SIZE as usize);
+        cache.read_blocks(&s, &obj, 0, 3).await.unwrap();
+        // Disk writes happen in the background; wait for them (bounded).
+        for _ in 0..200 {
+            if cache.disk.as_ref().unwrap().used() == 4 * BLOCK_SIZE {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let again = cache.read_blocks(&s, &obj, 0, 3).await.unwrap();
+        assert_eq!(again.concat(), data);
+        assert_eq!(store.count(Op::Get), 1, "served from disk, not the server");
     }
 
     #[tokio::test]
