@@ -254,7 +254,7 @@ impl Writeback {
     }
 
     /// Make the first `size` bytes, as of generation `gen`, the object `key`. Returns the
-    /// new ETag if the server gave one. On failure nothing is left half-done on the server.
+    /// new ETag when it is reliable (single PUTs). On failure nothing is left half-done on the server.
     pub async fn finish(
         &self,
         key: &str,
@@ -342,10 +342,12 @@ impl Writeback {
                 etag: state.parts[&n].sent.clone().expect("every part sent").1,
             })
             .collect();
-        Ok(self
-            .store
+        self.store
             .complete_multipart(key, &upload_id, parts)
-            .await?)
+            .await?;
+        // The ETag a completion reports is not always the one GET and HEAD report later
+        // (servers differ in how they compute it), so readers learn it from their first GET.
+        Ok(None)
     }
 
     /// Give up: abort any multipart upload in progress (the file was deleted).
