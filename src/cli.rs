@@ -23,6 +23,8 @@ pub struct Cli {
     pub mount: MountArgs,
 }
 
+// Parsed once at start-up, so the size of the largest variant costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start the built-in local S3 server with a bucket `demo` and mount it (no account needed).
@@ -54,6 +56,49 @@ pub struct MountOptions {
     /// AWS profile holding keys, endpoint_url and region (from ~/.aws/credentials and config).
     #[arg(long, env = "AWS_PROFILE")]
     pub profile: Option<String>,
+    /// Hosted Supabase project ref: the endpoint becomes
+    /// https://REF.storage.supabase.co/storage/v1/s3.
+    #[arg(
+        long,
+        env = "SUPABASE_PROJECT_REF",
+        value_name = "REF",
+        long_help = "Hosted Supabase project ref (the REF of https://REF.supabase.co). Without \
+                     --endpoint-url the endpoint is the project's direct storage hostname \
+                     https://REF.storage.supabase.co/storage/v1/s3. In session-token mode it is \
+                     also the access key id and names the project URL used for renewal."
+    )]
+    pub project_ref: Option<String>,
+    /// Keep an endpoint on REF.supabase.co as given instead of moving it to the direct storage
+    /// hostname REF.storage.supabase.co (which takes larger uploads).
+    #[arg(long)]
+    pub no_direct_host: bool,
+    /// Session-token mode: the user's JWT is read from this file, and read again whenever it
+    /// changes (an outside tool keeps it fresh).
+    #[arg(long, value_name = "PATH", conflicts_with = "refresh_token_file")]
+    pub session_token_file: Option<PathBuf>,
+    /// Session-token mode with built-in renewal: the Supabase Auth refresh token is read from
+    /// this file, and each rotated refresh token is written back to it (mode 0600).
+    #[arg(
+        long,
+        value_name = "PATH",
+        long_help = "Session-token mode with built-in renewal. The file holds a Supabase Auth \
+                     refresh token; supamount renews the user's JWT through \
+                     PROJECT_URL/auth/v1/token ahead of its expiry and writes each rotated \
+                     refresh token back to the file (atomically, mode 0600). A first JWT may \
+                     be given in SUPABASE_ACCESS_TOKEN; otherwise one is fetched at start."
+    )]
+    pub refresh_token_file: Option<PathBuf>,
+    /// Session-token mode: file holding the project's legacy anon key (else SUPABASE_ANON_KEY).
+    #[arg(long, value_name = "PATH")]
+    pub anon_key_file: Option<PathBuf>,
+    /// Session-token mode: the access key id of a self-hosted server [default: the project ref].
+    #[arg(long, env = "SUPABASE_TENANT_ID", value_name = "ID")]
+    pub tenant_id: Option<String>,
+    /// Where Supabase Auth answers, for renewal [default: https://PROJECT_REF.supabase.co].
+    #[arg(long, env = "SUPABASE_URL", value_name = "URL")]
+    pub project_url: Option<String>,
+    #[command(flatten)]
+    pub refused: RefusedSecretFlags,
     /// Stay attached to the terminal instead of going to the background once mounted.
     #[arg(short, long)]
     pub foreground: bool,
@@ -94,6 +139,51 @@ pub struct MountOptions {
     /// Log file for the background process [default: CACHE_DIR/supamount.log].
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+}
+
+/// Flags that would put a secret on the command line, where every user can read it with `ps`.
+/// They exist only to be refused with a pointer to the safe way.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RefusedSecretFlags {
+    #[arg(long, hide = true, value_name = "SECRET")]
+    secret_access_key: Option<String>,
+    #[arg(long, hide = true, value_name = "SECRET")]
+    anon_key: Option<String>,
+    #[arg(long, hide = true, value_name = "SECRET")]
+    session_token: Option<String>,
+    #[arg(long, hide = true, value_name = "SECRET")]
+    access_token: Option<String>,
+    #[arg(long, hide = true, value_name = "SECRET")]
+    refresh_token: Option<String>,
+}
+
+impl RefusedSecretFlags {
+    /// An error naming the first secret flag given and the safe alternative.
+    pub fn check(&self) -> Result<(), String> {
+        let (flag, instead) = if self.secret_access_key.is_some() {
+            (
+                "--secret-access-key",
+                "set AWS_SECRET_ACCESS_KEY or use --profile",
+            )
+        } else if self.anon_key.is_some() {
+            (
+                "--anon-key",
+                "set SUPABASE_ANON_KEY or use --anon-key-file PATH",
+            )
+        } else if self.session_token.is_some() || self.access_token.is_some() {
+            (
+                "--session-token/--access-token",
+                "use --session-token-file PATH or set SUPABASE_ACCESS_TOKEN",
+            )
+        } else if self.refresh_token.is_some() {
+            ("--refresh-token", "use --refresh-token-file PATH")
+        } else {
+            return Ok(());
+        };
+        Err(format!(
+            "{flag} is refused: other users can read a process's arguments; {instead}"
+        ))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -165,6 +255,53 @@ mod tests {
         let cli = Cli::try_parse_from(["supamount", "server", "--data-dir", "/d", "--bucket", "b"])
             .unwrap();
         assert!(matches!(cli.command, Some(Command::Server(s)) if s.buckets == ["b"]));
+    }
+
+    #[test]
+    fn secret_flags_are_refused_without_echoing_the_secret() {
+        for flag in [
+            "--secret-access-key",
+            "--anon-key",
+            "--session-token",
+            "--access-token",
+            "--refresh-token",
+        ] {
+            let cli = Cli::try_parse_from(["supamount", flag, "hunter2", "b", "/m"]).unwrap();
+            let err = cli.mount.options.refused.check().unwrap_err();
+            assert!(err.contains("refused"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let cli = Cli::try_parse_from(["supamount", "b", "/m"]).unwrap();
+        assert!(cli.mount.options.refused.check().is_ok());
+    }
+
+    #[test]
+    fn session_flags() {
+        let cli = Cli::try_parse_from([
+            "supamount",
+            "--project-ref",
+            "abcd",
+            "--refresh-token-file",
+            "/r",
+            "--tenant-id",
+            "stub",
+            "b",
+            "/m",
+        ])
+        .unwrap();
+        let o = &cli.mount.options;
+        assert_eq!(o.project_ref.as_deref(), Some("abcd"));
+        assert_eq!(o.tenant_id.as_deref(), Some("stub"));
+        assert!(Cli::try_parse_from([
+            "supamount",
+            "--refresh-token-file",
+            "/r",
+            "--session-token-file",
+            "/s",
+            "b",
+            "/m"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -7,7 +7,9 @@
 pub mod cache;
 pub mod cli;
 pub mod connect;
+pub mod credentials;
 pub mod daemon;
+pub mod endpoint;
 pub mod fs;
 pub mod fuse;
 pub mod mount;

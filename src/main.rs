@@ -3,7 +3,6 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 use supamount::cli::{Cli, Command, DemoArgs, MountOptions, ServerArgs};
 use supamount::connect::{connect, ConnectOptions};
+use supamount::credentials::{Secret, SessionConfig, SessionCredentials, TokenConfig};
 use supamount::daemon::{self, Readiness};
 use supamount::fs::FsConfig;
 use supamount::mount::{default_cache_dir, default_upload, serve, split_bucket, MountConfig};
@@ -112,25 +112,33 @@ fn run_mount(args: supamount::cli::MountArgs, readiness: &mut Readiness) -> anyh
         anyhow::bail!("usage: supamount [OPTIONS] BUCKET[/PREFIX] MOUNTPOINT (see --help)");
     };
     let options = args.options;
+    options.refused.check().map_err(anyhow::Error::msg)?;
     if let Some(line) = maybe_background(&options, readiness)? {
         println!("{line}");
         return Ok(());
     }
     init_logging(&options.log_level);
     let (bucket, prefix) = split_bucket(&spec)?;
+    let runtime = runtime()?;
+    let session = match session_config(&options)? {
+        Some(session) => Some(runtime.block_on(SessionCredentials::start(session))?),
+        None => None,
+    };
     let cfg = MountConfig {
         connect: ConnectOptions {
             endpoint_url: options.endpoint_url.clone(),
             region: options.region.clone(),
             profile: options.profile.clone(),
-            fixed_credentials: None,
+            project_ref: options.project_ref.clone(),
+            no_direct_host: options.no_direct_host,
+            session,
+            ..Default::default()
         },
         fs: fs_config(&options, &bucket, prefix)?,
         bucket,
         mountpoint,
         allow_other: options.allow_other,
     };
-    let runtime = runtime()?;
     let connected = runtime.block_on(connect(&cfg.connect, &cfg.bucket))?;
     tracing::info!(endpoint = %connected.endpoint, region = %connected.region, "connecting");
     let line = format!(
@@ -139,7 +147,75 @@ fn run_mount(args: supamount::cli::MountArgs, readiness: &mut Readiness) -> anyh
         connected.endpoint,
         cfg.mountpoint.display()
     );
-    serve(&runtime, cfg, Arc::new(connected.store), readiness, &line)
+    serve(&runtime, cfg, connected.into_store(), readiness, &line)
+}
+
+/// Session-token settings, when a token file or a refresh-token file asks for that mode.
+fn session_config(options: &MountOptions) -> anyhow::Result<Option<SessionConfig>> {
+    let token = match (&options.session_token_file, &options.refresh_token_file) {
+        (Some(path), _) => TokenConfig::File(path.clone()),
+        (None, Some(path)) => TokenConfig::Refresh {
+            refresh_file: path.clone(),
+            project_url: project_url(options)?,
+            initial: std::env::var("SUPABASE_ACCESS_TOKEN")
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| Secret::new(t.trim())),
+        },
+        (None, None) => return Ok(None),
+    };
+    let hosted_ref = || {
+        options
+            .endpoint_url
+            .as_deref()
+            .and_then(supamount::endpoint::hosted_project_ref)
+    };
+    let access_key_id = options
+        .tenant_id
+        .clone()
+        .or_else(|| options.project_ref.clone())
+        .or_else(hosted_ref)
+        .context(
+            "session-token mode needs the project ref (--project-ref or SUPABASE_PROJECT_REF) \
+             or, on a self-hosted server, the tenant id (--tenant-id or SUPABASE_TENANT_ID)",
+        )?;
+    let anon_key = match &options.anon_key_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|k| Secret::new(k.trim()))
+            .with_context(|| format!("reading the anon key file {}", path.display()))?,
+        None => std::env::var("SUPABASE_ANON_KEY")
+            .ok()
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| Secret::new(k.trim()))
+            .context(
+                "session-token mode needs the project's anon key: set SUPABASE_ANON_KEY or pass \
+                 --anon-key-file PATH",
+            )?,
+    };
+    Ok(Some(SessionConfig {
+        access_key_id,
+        anon_key,
+        token,
+    }))
+}
+
+/// Where Supabase Auth answers: `--project-url`, else the hosted project's URL.
+fn project_url(options: &MountOptions) -> anyhow::Result<String> {
+    if let Some(url) = &options.project_url {
+        return Ok(url.clone());
+    }
+    let project_ref = options.project_ref.clone().or_else(|| {
+        options
+            .endpoint_url
+            .as_deref()
+            .and_then(supamount::endpoint::hosted_project_ref)
+    });
+    project_ref
+        .map(|r| supamount::endpoint::project_url(&r))
+        .context(
+            "--refresh-token-file needs the project URL for renewal: pass --project-url (or \
+             SUPABASE_URL), or --project-ref for a hosted project",
+        )
 }
 
 fn default_demo_dir() -> PathBuf {
@@ -188,6 +264,7 @@ fn run_demo(args: DemoArgs, readiness: &mut Readiness) -> anyhow::Result<()> {
             fixed_credentials: Some(aws_sdk_s3::config::Credentials::new(
                 key_id, secret, None, None, "demo",
             )),
+            ..Default::default()
         },
         fs: fs_config(&options, "demo", String::new())?,
         bucket: "demo".into(),
@@ -202,7 +279,7 @@ fn run_demo(args: DemoArgs, readiness: &mut Readiness) -> anyhow::Result<()> {
         cfg.mountpoint.display(),
         cfg.mountpoint.display()
     );
-    let result = serve(&runtime, cfg, Arc::new(connected.store), readiness, &line);
+    let result = serve(&runtime, cfg, connected.into_store(), readiness, &line);
     runtime.block_on(server.shutdown());
     result
 }

@@ -5,6 +5,7 @@
 //! filesystem decides the errno in one place (`fs::error`).
 
 pub mod memory;
+pub mod renewing;
 pub mod s3;
 
 use std::time::SystemTime;
