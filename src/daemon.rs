@@ -6,13 +6,14 @@
 //! learns it is the child from [`READY_FD_ENV`], which names the pipe it reports on. Secrets
 //! travel, if at all, in the environment it inherits, never in its arguments.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -24,6 +25,15 @@ const CHILD_FD: RawFd = 3;
 /// Connecting, probing and mounting take a few seconds; retries against a dead endpoint less
 /// than a minute.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Arguments for the child when they differ from this process's own: the mount helper
+/// translates mount(8)'s convention, and the child should not have to do it again.
+static CHILD_ARGS: OnceLock<Vec<OsString>> = OnceLock::new();
+
+/// Run the background child with `args` (without the program name) instead of ours.
+pub fn set_child_args(args: Vec<OsString>) {
+    let _ = CHILD_ARGS.set(args);
+}
 
 /// Start this command again in the background with stderr going to `log_file`, and wait for
 /// its report. Returns the child's success line.
@@ -38,8 +48,12 @@ pub fn run_in_background(log_file: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("opening the log file {}", log_file.display()))?;
     let (read_end, write_end) = pipe()?;
     let mut command = Command::new(std::env::current_exe().context("finding this program")?);
+    let args = CHILD_ARGS
+        .get()
+        .cloned()
+        .unwrap_or_else(|| std::env::args_os().skip(1).collect());
     command
-        .args(std::env::args_os().skip(1))
+        .args(args)
         .env(READY_FD_ENV, CHILD_FD.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())

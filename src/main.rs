@@ -22,7 +22,15 @@ fn main() -> ExitCode {
     // region) is missing. Supabase is never reached through it, and asking it means traffic to
     // a link-local address; set before any thread starts, so nothing races this.
     std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-    let cli = Cli::parse();
+    let argv = match supamount::mount_helper::rewrite(std::env::args_os().collect()) {
+        Ok(Some(argv)) => argv,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("mount.supamount: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(argv);
     let mut readiness = Readiness::from_env();
     let result = match cli.command {
         Some(Command::Server(args)) => run_server(args),

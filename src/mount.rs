@@ -155,6 +155,7 @@ pub fn serve(
         "mounted"
     );
     readiness.ready(ready_line);
+    crate::notify::ready();
 
     let mut unmounter = session.unmount_callable();
     let mountpoint = cfg.mountpoint.clone();
@@ -170,6 +171,7 @@ pub fn serve(
         }
     });
     let result = session.run().context("serving the mount");
+    crate::notify::stopping();
 
     tasks.close();
     let pending = tasks.len();
