@@ -53,11 +53,12 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr: the terminal in the foreground, the log file in the background.
-/// fuser's own warnings are mostly about requests this filesystem answers on purpose.
+/// fuser's own warnings are mostly about requests this filesystem answers on purpose, and the
+/// local server's protocol layer (s3s) logs every error answer, expected misses included.
 fn init_logging(level: &str) {
     let filter = match std::env::var("SUPAMOUNT_LOG") {
         Ok(filter) if !filter.is_empty() => EnvFilter::new(filter),
-        _ => EnvFilter::new(format!("warn,fuser=error,supamount={level}")),
+        _ => EnvFilter::new(format!("warn,fuser=error,s3s=off,supamount={level}")),
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1212,3 +1212,88 @@ async fn files_added_by_hand_are_served() {
     assert_eq!(out.e_tag(), Some(quoted_md5(b"by hand").as_str()));
     assert_eq!(out.content_type(), Some("application/octet-stream"));
 }
+
+/// While one client overwrites a key, readers get the old or the new content whole, and the
+/// ETag of each answer is that content's MD5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readers_see_the_old_or_the_new_object() {
+    let h = Harness::start().await;
+    let versions: Vec<Vec<u8>> = (0..2).map(|i| pattern(MIB / 2, i + 10)).collect();
+    h.put("flip", versions[0].clone()).await;
+
+    let writer = {
+        let (client, versions) = (h.client.clone(), versions.clone());
+        tokio::spawn(async move {
+            for round in 0..20 {
+                let body = ByteStream::from(versions[round % 2].clone());
+                let put = client.put_object().bucket(BUCKET).key("flip").body(body);
+                put.send().await.expect("overwrite");
+            }
+        })
+    };
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, versions) = (h.client.clone(), versions.clone());
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    let out = client.get_object().bucket(BUCKET).key("flip").send().await;
+                    let out = out.expect("read during overwrites");
+                    let etag = out.e_tag().map(str::to_owned);
+                    let body = out.body.collect().await.expect("body").into_bytes();
+                    assert!(
+                        versions.iter().any(|v| v[..] == body[..]),
+                        "old or new, whole"
+                    );
+                    assert_eq!(etag, Some(quoted_md5(&body)), "metadata matches the data");
+                }
+            })
+        })
+        .collect();
+    writer.await.expect("writer");
+    for reader in readers {
+        reader.await.expect("reader");
+    }
+    let tmp = h.data_dir().join(".tmp");
+    assert_eq!(
+        std::fs::read_dir(tmp).expect("tmp").count(),
+        0,
+        "no leftovers"
+    );
+}
+
+/// `encoding-type=url` (used by the aws CLI) percent-encodes keys and prefixes.
+#[tokio::test]
+async fn url_encoded_listing() {
+    let h = Harness::start().await;
+    h.put("a b+c.txt", "v").await;
+    h.put("dir x/inner", "v").await;
+    let out = h
+        .client
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .delimiter("/")
+        .encoding_type(aws_sdk_s3::types::EncodingType::Url)
+        .send()
+        .await
+        .expect("list");
+    let keys: Vec<&str> = out.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(keys, ["a%20b%2Bc.txt"]);
+    let prefixes: Vec<&str> = out
+        .common_prefixes()
+        .iter()
+        .filter_map(|p| p.prefix())
+        .collect();
+    assert_eq!(prefixes, ["dir%20x/"]);
+}
+
+/// A second server on the same data directory is refused, and the first keeps working.
+#[tokio::test]
+async fn one_server_per_data_dir() {
+    let h = Harness::start().await;
+    let second = LocalServer::start(config(&h.data_dir())).await;
+    let err = second.expect_err("the directory is in use");
+    let message = format!("{:#}", anyhow::Error::from(err));
+    assert!(message.contains("another local server"), "{message}");
+    h.put("still-served", "yes").await;
+    assert_eq!(h.get("still-served").await, b"yes");
+}

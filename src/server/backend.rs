@@ -35,7 +35,7 @@ impl S3 for Backend {
         &self,
         _req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
-        let buckets = self.store.list_buckets().await.map_err(to_s3_error)?;
+        let buckets = self.store.list_buckets().await?;
         let buckets = buckets
             .into_iter()
             .map(|b| s3s::dto::Bucket {
@@ -55,10 +55,7 @@ impl S3 for Backend {
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
         let bucket = bucket_name(&req.input.bucket)?;
-        self.store
-            .create_bucket(&bucket)
-            .await
-            .map_err(to_s3_error)?;
+        self.store.create_bucket(&bucket).await?;
         debug!(%bucket, "created bucket");
         let location = Some(format!("/{bucket}"));
         Ok(S3Response::new(CreateBucketOutput { location }))
@@ -69,10 +66,7 @@ impl S3 for Backend {
         req: S3Request<HeadBucketInput>,
     ) -> S3Result<S3Response<HeadBucketOutput>> {
         let bucket = bucket_name(&req.input.bucket)?;
-        self.store
-            .require_bucket(&bucket)
-            .await
-            .map_err(to_s3_error)?;
+        self.store.require_bucket(&bucket).await?;
         Ok(S3Response::new(HeadBucketOutput::default()))
     }
 
@@ -81,10 +75,7 @@ impl S3 for Backend {
         req: S3Request<DeleteBucketInput>,
     ) -> S3Result<S3Response<DeleteBucketOutput>> {
         let bucket = bucket_name(&req.input.bucket)?;
-        self.store
-            .delete_bucket(&bucket)
-            .await
-            .map_err(to_s3_error)?;
+        self.store.delete_bucket(&bucket).await?;
         debug!(%bucket, "deleted bucket");
         Ok(S3Response::new(DeleteBucketOutput::default()))
     }
@@ -104,10 +95,15 @@ impl S3 for Backend {
         let entries = self
             .store
             .list_entries(&bucket, prefix, input.delimiter.clone())
-            .await
-            .map_err(to_s3_error)?;
+            .await?;
         let page = listing::paginate(entries, after.as_deref(), max_keys);
-        debug!(%bucket, prefix = ?input.prefix, entries = page.entries.len(), more = page.next_after.is_some(), "listed");
+        debug!(
+            %bucket,
+            prefix = ?input.prefix,
+            entries = page.entries.len(),
+            more = page.next_after.is_some(),
+            "listed"
+        );
         let output = self.list_output(&bucket, input, page, max_keys).await?;
         Ok(S3Response::new(output))
     }
@@ -118,11 +114,7 @@ impl S3 for Backend {
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let bucket = bucket_name(&req.input.bucket)?;
         let key = self.existing_key(&bucket, &req.input.key).await?;
-        let (_, meta) = self
-            .store
-            .open_object(&bucket, &key)
-            .await
-            .map_err(to_s3_error)?;
+        let (_, meta) = self.store.open_object(&bucket, &key).await?;
         Ok(S3Response::new(HeadObjectOutput {
             accept_ranges: Some("bytes".into()),
             content_length: Some(to_i64(meta.size)),
@@ -140,11 +132,7 @@ impl S3 for Backend {
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let bucket = bucket_name(&req.input.bucket)?;
         let key = self.existing_key(&bucket, &req.input.key).await?;
-        let (file, meta) = self
-            .store
-            .open_object(&bucket, &key)
-            .await
-            .map_err(to_s3_error)?;
+        let (file, meta) = self.store.open_object(&bucket, &key).await?;
         let range = match req.input.range {
             Some(range) => Some(
                 range
@@ -182,21 +170,14 @@ impl S3 for Backend {
         if matches!(target, Target::Folder(_)) && input.content_length.is_some_and(|n| n > 0) {
             return Err(refused(&bucket, &input.key, &KeyError::FolderWithData));
         }
-        self.store
-            .require_bucket(&bucket)
-            .await
-            .map_err(to_s3_error)?;
+        self.store.require_bucket(&bucket).await?;
         self.check_declared_size(input.content_length)?;
         let meta = NewMeta {
             content_type: input.content_type,
             metadata: from_metadata(input.metadata),
         };
 
-        let temp = self
-            .store
-            .write_body(input.body)
-            .await
-            .map_err(to_s3_error)?;
+        let temp = self.store.write_body(input.body).await?;
         let key = match target {
             Target::Object(key) => key,
             Target::Folder(folder) if temp.size() == 0 => {
@@ -207,11 +188,7 @@ impl S3 for Backend {
                 return Err(refused(&bucket, &input.key, &KeyError::FolderWithData))
             }
         };
-        let stored = self
-            .store
-            .commit(&bucket, &key, temp, meta)
-            .await
-            .map_err(to_s3_error)?;
+        let stored = self.store.commit(&bucket, &key, temp, meta).await?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(ETag::Strong(stored.etag)),
             size: Some(to_i64(stored.size)),
@@ -229,16 +206,9 @@ impl S3 for Backend {
             .into_object()
             .map_err(|e| refused(&bucket, &input.key, &e))?;
         let (source_bucket, source_key) = self.copy_source(&input.copy_source).await?;
-        self.store
-            .require_bucket(&bucket)
-            .await
-            .map_err(to_s3_error)?;
+        self.store.require_bucket(&bucket).await?;
 
-        let (temp, source_meta) = self
-            .store
-            .copy_to_temp(&source_bucket, &source_key)
-            .await
-            .map_err(to_s3_error)?;
+        let (temp, source_meta) = self.store.copy_to_temp(&source_bucket, &source_key).await?;
         let replace = input
             .metadata_directive
             .as_ref()
@@ -253,11 +223,7 @@ impl S3 for Backend {
                 metadata: source_meta.metadata,
             },
         };
-        let stored = self
-            .store
-            .commit(&bucket, &key, temp, meta)
-            .await
-            .map_err(to_s3_error)?;
+        let stored = self.store.commit(&bucket, &key, temp, meta).await?;
         debug!(%source_bucket, %source_key, %bucket, %key, replace, "copied object");
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
@@ -275,9 +241,7 @@ impl S3 for Backend {
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
         let bucket = bucket_name(&req.input.bucket)?;
         let target = parse_target(&bucket, &req.input.key)?;
-        self.delete_target(&bucket, target)
-            .await
-            .map_err(to_s3_error)?;
+        self.delete_target(&bucket, target).await?;
         Ok(S3Response::new(DeleteObjectOutput::default()))
     }
 
@@ -287,10 +251,7 @@ impl S3 for Backend {
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
         let input = req.input;
         let bucket = bucket_name(&input.bucket)?;
-        self.store
-            .require_bucket(&bucket)
-            .await
-            .map_err(to_s3_error)?;
+        self.store.require_bucket(&bucket).await?;
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
         for object in input.delete.objects {
@@ -298,7 +259,7 @@ impl S3 for Backend {
                 Ok(target) => self
                     .delete_target(&bucket, target)
                     .await
-                    .map_err(to_s3_error),
+                    .map_err(S3Error::from),
                 Err(e) => Err(e),
             };
             match outcome {
@@ -333,11 +294,7 @@ impl S3 for Backend {
             content_type: input.content_type,
             metadata: from_metadata(input.metadata),
         };
-        let upload_id = self
-            .store
-            .create_upload(&bucket, &key, meta)
-            .await
-            .map_err(to_s3_error)?;
+        let upload_id = self.store.create_upload(&bucket, &key, meta).await?;
         debug!(%bucket, %key, upload_id, "created multipart upload");
         Ok(S3Response::new(CreateMultipartUploadOutput {
             bucket: Some(input.bucket),
@@ -370,8 +327,7 @@ impl S3 for Backend {
                 input.part_number,
                 input.body,
             )
-            .await
-            .map_err(to_s3_error)?;
+            .await?;
         Ok(S3Response::new(UploadPartOutput {
             e_tag: Some(ETag::Strong(etag)),
             ..Default::default()
@@ -390,9 +346,9 @@ impl S3 for Backend {
         let stored = self
             .store
             .complete_upload(&bucket, &key, &input.upload_id, parts)
-            .await
-            .map_err(to_s3_error)?;
-        debug!(%bucket, %key, upload_id = input.upload_id, parts = count, "completed multipart upload");
+            .await?;
+        let upload_id = &input.upload_id;
+        debug!(%bucket, %key, upload_id, parts = count, "completed multipart upload");
         Ok(S3Response::new(CompleteMultipartUploadOutput {
             bucket: Some(input.bucket),
             key: Some(input.key),
@@ -410,8 +366,7 @@ impl S3 for Backend {
         let key = parse_object_key(&bucket, &input.key)?;
         self.store
             .abort_upload(&bucket, &key, &input.upload_id)
-            .await
-            .map_err(to_s3_error)?;
+            .await?;
         debug!(%bucket, %key, upload_id = input.upload_id, "aborted multipart upload");
         Ok(S3Response::new(AbortMultipartUploadOutput::default()))
     }
@@ -423,11 +378,7 @@ impl S3 for Backend {
         let input = req.input;
         let bucket = bucket_name(&input.bucket)?;
         let prefix = input.prefix.clone().unwrap_or_default();
-        let uploads = self
-            .store
-            .list_uploads(&bucket, prefix)
-            .await
-            .map_err(to_s3_error)?;
+        let uploads = self.store.list_uploads(&bucket, prefix).await?;
         Ok(S3Response::new(uploads_page(input, uploads)?))
     }
 }
@@ -438,11 +389,8 @@ impl Backend {
         match parse_target(bucket, raw)? {
             Target::Object(key) => Ok(key),
             Target::Folder(_) => {
-                self.store
-                    .require_bucket(bucket)
-                    .await
-                    .map_err(to_s3_error)?;
-                Err(to_s3_error(StoreError::NoSuchKey))
+                self.store.require_bucket(bucket).await?;
+                Err(S3Error::from(StoreError::NoSuchKey))
             }
         }
     }
@@ -473,7 +421,7 @@ impl Backend {
             .and_then(|n| u64::try_from(n).ok())
             .unwrap_or(0);
         match self.store.max_object_size {
-            Some(limit) if declared > limit => Err(to_s3_error(StoreError::TooLarge { limit })),
+            Some(limit) if declared > limit => Err(S3Error::from(StoreError::TooLarge { limit })),
             _ => Ok(()),
         }
     }
@@ -497,11 +445,7 @@ impl Backend {
             .into_iter()
             .filter_map(|e| Key::parse(&e.name).ok())
             .collect();
-        let metas = self
-            .store
-            .list_metas(bucket, keys)
-            .await
-            .map_err(to_s3_error)?;
+        let metas = self.store.list_metas(bucket, keys).await?;
         let key_count = metas.len() + prefixes.len();
 
         let contents = metas
@@ -673,45 +617,50 @@ fn custom_error(
 }
 
 /// The one place that decides how storage failures look to S3 clients.
-pub(crate) fn to_s3_error(e: StoreError) -> S3Error {
-    match e {
-        StoreError::NoSuchBucket => s3_error!(NoSuchBucket, "The specified bucket does not exist"),
-        StoreError::NoSuchKey => s3_error!(NoSuchKey, "The specified key does not exist."),
-        StoreError::BucketExists => s3_error!(BucketAlreadyExists, "The bucket already exists"),
-        // Supabase's code and status for this case (S3 would say BucketNotEmpty).
-        StoreError::BucketNotEmpty => custom_error(
-            "ResourceNotEmpty",
-            StatusCode::CONFLICT,
-            "The bucket you tried to delete is not empty",
-        ),
-        StoreError::KeyConflict(message) => {
-            custom_error("KeyConflict", StatusCode::CONFLICT, message)
-        }
-        StoreError::TooLarge { limit } => {
-            // 413 as Supabase answers, where s3s's default for EntityTooLarge is 400.
-            let mut e = s3_error!(
-                EntityTooLarge,
-                "The object exceeds the maximum allowed size of {limit} bytes"
-            );
-            e.set_status_code(StatusCode::PAYLOAD_TOO_LARGE);
-            e
-        }
-        StoreError::NoSuchUpload => s3_error!(
-            NoSuchUpload,
-            "The specified multipart upload does not exist"
-        ),
-        StoreError::InvalidPart(message) => s3_error!(InvalidPart, "{message}"),
-        StoreError::InvalidPartOrder => s3_error!(
-            InvalidPartOrder,
-            "The list of parts was not in ascending order"
-        ),
-        StoreError::Body(source) => match source.downcast::<S3Error>() {
-            Ok(e) => *e,
-            Err(source) => S3Error::with_source(S3ErrorCode::IncompleteBody, source),
-        },
-        e @ StoreError::Io { .. } => {
-            warn!(error = %error_chain(&e), "storage failure");
-            S3Error::with_source(S3ErrorCode::InternalError, Box::new(e))
+impl From<StoreError> for S3Error {
+    fn from(e: StoreError) -> S3Error {
+        match e {
+            StoreError::NoSuchBucket => {
+                s3_error!(NoSuchBucket, "The specified bucket does not exist")
+            }
+            StoreError::NoSuchKey => s3_error!(NoSuchKey, "The specified key does not exist."),
+            StoreError::BucketExists => s3_error!(BucketAlreadyExists, "The bucket already exists"),
+            // Supabase's code and status for this case (S3 would say BucketNotEmpty).
+            StoreError::BucketNotEmpty => custom_error(
+                "ResourceNotEmpty",
+                StatusCode::CONFLICT,
+                "The bucket you tried to delete is not empty",
+            ),
+            StoreError::KeyConflict(message) => {
+                custom_error("KeyConflict", StatusCode::CONFLICT, message)
+            }
+            StoreError::TooLarge { limit } => {
+                // 413 as Supabase answers, where s3s's default for EntityTooLarge is 400.
+                let mut e = s3_error!(
+                    EntityTooLarge,
+                    "The object exceeds the maximum allowed size of {limit} bytes"
+                );
+                e.set_status_code(StatusCode::PAYLOAD_TOO_LARGE);
+                e
+            }
+            StoreError::NoSuchUpload => s3_error!(
+                NoSuchUpload,
+                "The specified multipart upload does not exist"
+            ),
+            StoreError::InvalidPart(message) => s3_error!(InvalidPart, "{message}"),
+            StoreError::InvalidPartOrder => s3_error!(
+                InvalidPartOrder,
+                "The list of parts was not in ascending order"
+            ),
+            StoreError::Body(source) => match source.downcast::<S3Error>() {
+                Ok(e) => *e,
+                Err(source) => S3Error::with_source(S3ErrorCode::IncompleteBody, source),
+            },
+            // DataDirInUse only happens at start-up, never during a request.
+            e @ (StoreError::Io { .. } | StoreError::DataDirInUse) => {
+                warn!(error = %error_chain(&e), "storage failure");
+                S3Error::with_source(S3ErrorCode::InternalError, Box::new(e))
+            }
         }
     }
 }

@@ -34,6 +34,7 @@ use super::walk;
 /// collide with them.
 const META_DIR: &str = ".meta";
 const TMP_DIR: &str = ".tmp";
+const LOCK_FILE: &str = ".lock";
 pub(super) const UPLOADS_DIR: &str = ".uploads";
 
 /// What S3 clients and Supabase assume when a PUT names no Content-Type.
@@ -42,9 +43,11 @@ pub(crate) const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 /// Size of the buffer for copies between files (copy, multipart completion, hashing).
 pub(super) const COPY_BUFFER: usize = 1 << 20;
 
-/// Failures of the storage layer, by meaning. `backend::to_s3_error` maps each to an S3 error.
+/// Failures of the storage layer, by meaning. The backend turns each into an S3 error.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreError {
+    #[error("another local server is using this data directory")]
+    DataDirInUse,
     #[error("the bucket does not exist")]
     NoSuchBucket,
     #[error("the object does not exist")]
@@ -137,6 +140,9 @@ pub(crate) struct DiskStore {
     pub(super) layout: Arc<Layout>,
     namespace: Arc<RwLock<()>>,
     pub(super) max_object_size: Option<u64>,
+    /// `DATA_DIR/.lock`, locked for as long as the store lives: a second server on the same
+    /// directory would delete this one's temporary files at start.
+    _dir_lock: File,
 }
 
 /// A bucket in a ListBuckets answer.
@@ -210,11 +216,12 @@ impl DiskStore {
     ) -> Result<Self, StoreError> {
         let layout = Arc::new(Layout::new(root));
         let prepare = Arc::clone(&layout);
-        blocking(move || prepare_root(&prepare)).await?;
+        let dir_lock = blocking(move || prepare_root(&prepare)).await?;
         Ok(DiskStore {
             layout,
             namespace: Arc::new(RwLock::new(())),
             max_object_size,
+            _dir_lock: dir_lock,
         })
     }
 
@@ -412,8 +419,11 @@ where
     }
 }
 
-fn prepare_root(layout: &Layout) -> Result<(), StoreError> {
-    for dir in [&layout.root, &layout.meta, &layout.tmp, &layout.uploads] {
+/// Locks the data directory, creates the hidden directories and empties `.tmp/`.
+fn prepare_root(layout: &Layout) -> Result<File, StoreError> {
+    fs::create_dir_all(&layout.root).ctx("create directory", &layout.root)?;
+    let lock = lock_data_dir(&layout.root)?;
+    for dir in [&layout.meta, &layout.tmp, &layout.uploads] {
         fs::create_dir_all(dir).ctx("create directory", dir)?;
     }
     for entry in fs::read_dir(&layout.tmp).ctx("read", &layout.tmp)? {
@@ -421,7 +431,22 @@ fn prepare_root(layout: &Layout) -> Result<(), StoreError> {
         debug!(path = %path.display(), "removing a temporary file left by an earlier run");
         remove_tree_if_exists(&path)?;
     }
-    Ok(())
+    Ok(lock)
+}
+
+fn lock_data_dir(root: &Path) -> Result<File, StoreError> {
+    let path = root.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .ctx("open", &path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(StoreError::DataDirInUse),
+        Err(fs::TryLockError::Error(e)) => Err(e).ctx("lock", &path),
+    }
 }
 
 fn require_bucket_dir(dir: &Path) -> Result<(), StoreError> {

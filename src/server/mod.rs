@@ -19,12 +19,18 @@
 //! DATA_DIR/.uploads/<upload-id>/upload.json    an unfinished multipart upload...
 //! DATA_DIR/.uploads/<upload-id>/part-NNNNN     ...and its parts
 //! DATA_DIR/.tmp/                               bodies being received; emptied at start
+//! DATA_DIR/.lock                               held while a server uses the directory
 //! ```
 //! So `ls DATA_DIR/demo` shows the bucket's files. Every write lands in `.tmp/` first and is
 //! renamed into place, so readers see the old or the new object, and a killed server never
 //! leaves half an object. Directories emptied by a delete are removed. Last-Modified is the
 //! file's mtime in whole seconds. Files copied into `DATA_DIR/<bucket>/` by hand are served too
 //! (their ETag is computed on first use).
+//!
+//! # Logs
+//! Decisions are logged at debug, refused keys at warn; secrets never. The s3s crate logs
+//! every error answer, even an expected `NoSuchKey`, at ERROR under the target `s3s`: a filter
+//! such as `s3s=off` keeps those out of a user's terminal.
 //!
 //! # Limitations
 //! - A key cannot be both an object and a folder of other objects (`a` and `a/b`), because `a`
@@ -40,7 +46,8 @@
 //! - Only path-style addressing, one access key pair, no versioning, tagging, ACLs, ListParts
 //!   or UploadPartCopy (all answer `NotImplemented`). Conditional headers are ignored, as the
 //!   Supabase server ignores them. Unfinished multipart uploads are never expired.
-//! - One server per data directory: a second one would remove the first one's temporary files.
+//! - One server per data directory: `DATA_DIR/.lock` is held while a server runs, and a
+//!   second one is refused at start (call [`LocalServer::shutdown`] before restarting).
 
 mod auth;
 mod backend;
@@ -62,6 +69,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use s3s::service::{S3Service, S3ServiceBuilder};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
@@ -123,7 +131,10 @@ pub enum ServerError {
         #[source]
         source: StorageError,
     },
-    #[error("{name:?} is not a valid bucket name (Supabase's characters, at most 100, not starting with '.')")]
+    #[error(
+        "{name:?} is not a valid bucket name (Supabase's characters, at most 100 bytes, \
+         not starting with '.')"
+    )]
     InvalidBucketName { name: String },
     #[error("cannot create bucket {name:?} in {path}")]
     CreateBucket {
@@ -180,7 +191,12 @@ impl LocalServer {
 
         let (stop, stopped) = watch::channel(false);
         let accept_loop = tokio::spawn(accept_loop(listener, service, stopped));
-        info!(addr = %local_addr, data_dir = %cfg.data_dir.display(), buckets = ?cfg.buckets, "local S3 server listening");
+        info!(
+            addr = %local_addr,
+            data_dir = %cfg.data_dir.display(),
+            buckets = ?cfg.buckets,
+            "local S3 server listening"
+        );
         Ok(LocalServer {
             local_addr,
             stop,
@@ -229,6 +245,8 @@ impl Drop for LocalServer {
 /// Runs the server until SIGINT or SIGTERM, for `supamount server`. Prints one line,
 /// `endpoint=http://HOST:PORT`, on stdout once it is listening.
 pub async fn run_foreground(cfg: ServerConfig) -> anyhow::Result<()> {
+    // Installed before the endpoint is announced: a parent may signal as soon as it reads it.
+    let stop = StopSignals::install()?;
     let server = LocalServer::start(cfg)
         .await
         .context("cannot start the local S3 server")?;
@@ -238,7 +256,7 @@ pub async fn run_foreground(cfg: ServerConfig) -> anyhow::Result<()> {
         .context("cannot write the endpoint to stdout")?;
     drop(stdout);
 
-    wait_for_stop_signal().await?;
+    stop.wait().await;
     info!("stop signal received; shutting down the local S3 server");
     server.shutdown().await;
     Ok(())
@@ -327,12 +345,24 @@ async fn serve_connection(stream: TcpStream, service: S3Service, mut stop: watch
     }
 }
 
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        interrupted = tokio::signal::ctrl_c() => interrupted.context("cannot listen for SIGINT")?,
-        _ = terminate.recv() => {}
+/// SIGINT and SIGTERM, caught instead of ending the process.
+struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }

@@ -288,9 +288,14 @@ mod tests {
 
     #[test]
     fn upload_ids_are_plain_hex() {
-        assert!(is_upload_id(&hex::encode([7u8; 16])));
-        assert!(!is_upload_id("../../etc/passwd-0000000000000000"));
-        assert!(!is_upload_id(&hex::encode([7u8; 16]).to_uppercase()));
+        let id = hex::encode([0xab_u8; 16]);
+        assert!(is_upload_id(&id));
+        assert!(!is_upload_id(&id.to_uppercase()));
+        assert!(
+            !is_upload_id(&format!("../{}", &id[3..])),
+            "same length, a path"
+        );
+        assert!(!is_upload_id(&id[1..]));
     }
 
     #[test]
