@@ -29,6 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Start the built-in local S3 server with a bucket `demo` and mount it (no account needed).
     Demo(DemoArgs),
+    /// Show what a running mount is doing: endpoint, credentials, uploads pending, cache, failures.
+    Status(StatusArgs),
     /// Run the built-in local S3 server in the foreground (for tests and trying things out).
     Server(ServerArgs),
 }
@@ -196,6 +198,15 @@ pub struct DemoArgs {
     pub data_dir: Option<PathBuf>,
     #[command(flatten)]
     pub options: MountOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Where the mount is.
+    pub mountpoint: PathBuf,
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

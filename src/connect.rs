@@ -75,6 +75,24 @@ pub struct Connected {
 }
 
 impl Connected {
+    /// Where and how this connects, for `supamount status`.
+    pub fn view(&self) -> crate::mount::ConnectionView {
+        let expiry = self.session.clone().map(|session| {
+            let expiry: crate::status::TokenExpiry =
+                std::sync::Arc::new(move || session.token_expiry());
+            expiry
+        });
+        crate::mount::ConnectionView {
+            endpoint: self.endpoint.clone(),
+            credentials: if self.session.is_some() {
+                "session token".into()
+            } else {
+                "access keys".into()
+            },
+            token_expiry: expiry,
+        }
+    }
+
     /// The store the filesystem uses: in session-token mode it renews an expired token once
     /// and retries once before a request counts as refused.
     pub fn into_store(self) -> Arc<dyn ObjectStore> {

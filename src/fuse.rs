@@ -73,10 +73,10 @@ impl FuseAdapter {
     {
         let fs = self.fs.clone();
         let task = async move {
-            match op(fs).await {
+            match op(fs.clone()).await {
                 Ok(value) => done(reply, value),
                 Err(err) => {
-                    log_failure(what, &err);
+                    log_failure(&fs, what, &err);
                     reply.fail(Errno::from_i32(err.errno()));
                 }
             }
@@ -100,12 +100,30 @@ impl FuseAdapter {
     }
 }
 
-fn log_failure(what: &'static str, err: &FsError) {
+fn log_failure(fs: &Fs, what: &'static str, err: &FsError) {
+    fs.note_failure(err.level());
     match err.level() {
         Level::Debug => tracing::debug!(op = what, error = %err, "operation failed"),
         Level::Warn => tracing::warn!(op = what, error = %err, "operation failed"),
         Level::Error => tracing::error!(op = what, error = %err, "operation failed"),
     }
+}
+
+/// The process a request's thread belongs to: the kernel names the calling thread, and a
+/// descriptor is shared by all threads of a process. `None` when it cannot be told (the
+/// process is gone), which makes the caller take the safe path.
+#[cfg(target_os = "linux")]
+fn process_of(thread: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{thread}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Tgid:"))
+        .and_then(|tgid| tgid.trim().parse().ok())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn process_of(pid: u32) -> Option<u32> {
+    Some(pid)
 }
 
 fn file_type(kind: Kind) -> FileType {
@@ -307,12 +325,19 @@ impl Filesystem for FuseAdapter {
         reply.error(Errno::from_i32(FsError::Unsupported("hard links").errno()));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let mode = OpenMode::from_flags(flags.0);
+        let process = process_of(req.pid());
         self.spawn(
             "open",
             reply,
-            move |fs| async move { fs.open_keeping_cache(ino.0, mode).await },
+            move |fs| async move {
+                let (fh, keep) = fs.open_keeping_cache(ino.0, mode).await?;
+                if let Some(process) = process {
+                    fs.set_opener(fh, process);
+                }
+                Ok((fh, keep))
+            },
             |reply, (fh, keep)| {
                 let flags = if keep {
                     FopenFlags::FOPEN_KEEP_CACHE
@@ -366,16 +391,17 @@ impl Filesystem for FuseAdapter {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let process = process_of(req.pid());
         self.spawn(
             "flush",
             reply,
-            move |fs| async move { fs.flush(fh.0).await },
+            move |fs| async move { fs.flush(fh.0, process).await },
             |reply, ()| reply.ok(),
         );
     }
@@ -435,7 +461,7 @@ impl Filesystem for FuseAdapter {
         let entries = match self.fs.readdir(fh.0) {
             Ok(entries) => entries,
             Err(err) => {
-                log_failure("readdir", &err);
+                log_failure(&self.fs, "readdir", &err);
                 return reply.error(Errno::from_i32(err.errno()));
             }
         };
@@ -515,7 +541,7 @@ impl Filesystem for FuseAdapter {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         _mode: u32,
@@ -525,10 +551,17 @@ impl Filesystem for FuseAdapter {
     ) {
         let ttl = self.fs.attr_ttl();
         let name = name.to_owned();
+        let process = process_of(req.pid());
         self.spawn(
             "create",
             reply,
-            move |fs| async move { fs.create(parent.0, &name_of(&name)?).await },
+            move |fs| async move {
+                let (attr, fh) = fs.create(parent.0, &name_of(&name)?).await?;
+                if let Some(process) = process {
+                    fs.set_opener(fh, process);
+                }
+                Ok((attr, fh))
+            },
             move |reply, (attr, fh)| {
                 reply.created(
                     &ttl,

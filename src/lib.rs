@@ -17,5 +17,6 @@ pub mod mount_helper;
 pub mod names;
 pub mod notify;
 pub mod server;
+pub mod status;
 pub mod store;
 pub mod upload;

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use supamount::cli::{Cli, Command, DemoArgs, MountOptions, ServerArgs};
+use supamount::cli::{Cli, Command, DemoArgs, MountOptions, ServerArgs, StatusArgs};
 use supamount::connect::{connect, ConnectOptions};
 use supamount::credentials::{Secret, SessionConfig, SessionCredentials, TokenConfig};
 use supamount::daemon::{self, Readiness};
@@ -35,6 +35,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Server(args)) => run_server(args),
         Some(Command::Demo(args)) => run_demo(args, &mut readiness),
+        Some(Command::Status(args)) => run_status(args),
         None => run_mount(cli.mount, &mut readiness),
     };
     match result {
@@ -156,7 +157,15 @@ fn run_mount(args: supamount::cli::MountArgs, readiness: &mut Readiness) -> anyh
         connected.endpoint,
         cfg.mountpoint.display()
     );
-    serve(&runtime, cfg, connected.into_store(), readiness, &line)
+    let view = connected.view();
+    serve(
+        &runtime,
+        cfg,
+        connected.into_store(),
+        view,
+        readiness,
+        &line,
+    )
 }
 
 /// Session-token settings, when a token file or a refresh-token file asks for that mode.
@@ -288,7 +297,15 @@ fn run_demo(args: DemoArgs, readiness: &mut Readiness) -> anyhow::Result<()> {
         cfg.mountpoint.display(),
         cfg.mountpoint.display()
     );
-    let result = serve(&runtime, cfg, connected.into_store(), readiness, &line);
+    let view = connected.view();
+    let result = serve(
+        &runtime,
+        cfg,
+        connected.into_store(),
+        view,
+        readiness,
+        &line,
+    );
     runtime.block_on(server.shutdown());
     result
 }
@@ -309,4 +326,18 @@ fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         buckets: args.buckets,
     };
     runtime()?.block_on(supamount::server::run_foreground(cfg))
+}
+
+fn run_status(args: StatusArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let status = runtime.block_on(supamount::status::query(&args.mountpoint))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", supamount::status::render(&status));
+    }
+    Ok(())
 }

@@ -14,6 +14,7 @@ use crate::connect::ConnectOptions;
 use crate::daemon::Readiness;
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseAdapter;
+use crate::status::{self, MountInfo, TokenExpiry};
 use crate::store::{ObjectStore, StoreError};
 use crate::upload::UploadConfig;
 
@@ -134,10 +135,18 @@ fn session_config(cfg: &MountConfig) -> fuser::Config {
 
 /// Mount `store` and serve it until unmounted; `readiness` hears once the mount is live.
 /// `ready_line` is what a background parent prints on success.
+/// Where and how a mount connects, for `supamount status`.
+pub struct ConnectionView {
+    pub endpoint: String,
+    pub credentials: String,
+    pub token_expiry: Option<TokenExpiry>,
+}
+
 pub fn serve(
     runtime: &Runtime,
     cfg: MountConfig,
     store: Arc<dyn ObjectStore>,
+    connection: ConnectionView,
     readiness: &mut Readiness,
     ready_line: &str,
 ) -> anyhow::Result<()> {
@@ -154,6 +163,20 @@ pub fn serve(
         mountpoint = %cfg.mountpoint.display(),
         "mounted"
     );
+    let info = MountInfo {
+        endpoint: connection.endpoint,
+        bucket: cfg.bucket.clone(),
+        prefix: cfg.fs.prefix.clone(),
+        mountpoint: cfg.mountpoint.clone(),
+        credentials: connection.credentials,
+        token_expiry: connection.token_expiry,
+    };
+    let _status_socket = {
+        let _runtime = runtime.enter();
+        status::serve(info, fs.clone())
+            .map_err(|e| tracing::warn!("`supamount status` will not work for this mount: {e:#}"))
+            .ok()
+    };
     readiness.ready(ready_line);
     crate::notify::ready();
 

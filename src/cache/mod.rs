@@ -125,6 +125,10 @@ impl BlockCache {
         lock(&self.blocks).bytes
     }
 
+    pub fn disk_used(&self) -> u64 {
+        self.disk.as_ref().map_or(0, |d| d.used())
+    }
+
     /// Whether a block is in memory or on disk.
     fn holds(&self, key: &BlockKey) -> bool {
         lock(&self.blocks).lru.contains(key) || self.disk.as_ref().is_some_and(|d| d.contains(key))

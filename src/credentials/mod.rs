@@ -207,6 +207,11 @@ impl SessionCredentials {
         }
     }
 
+    /// When the token in use expires, if it says.
+    pub fn token_expiry(&self) -> Option<std::time::SystemTime> {
+        self.token().1.map(|c| c.exp)
+    }
+
     fn credentials(&self) -> Credentials {
         let (token, claims, _) = self.token();
         Credentials::new(

@@ -92,6 +92,22 @@ impl OpenMode {
     }
 }
 
+/// What a mount is doing, for `supamount status`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct FsStats {
+    pub open_files: usize,
+    /// Files with written data the server does not have yet, and their size.
+    pub pending_uploads: usize,
+    pub pending_bytes: u64,
+    pub parts_in_flight: usize,
+    pub cache_memory_used: u64,
+    pub cache_memory_budget: u64,
+    pub cache_disk_used: u64,
+    /// Operations that failed, by the level they were logged at.
+    pub warnings: u64,
+    pub errors: u64,
+}
+
 /// What the filesystem reports to statfs: large fixed figures, since a bucket has no fixed
 /// capacity and tools refuse to write to a disk that looks full.
 #[derive(Debug, Clone, Copy)]
@@ -113,6 +129,8 @@ struct FileHandle {
     open: Arc<OpenFile>,
     writable: bool,
     reader: tokio::sync::Mutex<Reader>,
+    /// The process that opened it, when known (see [`Fs::flush`]).
+    opener: std::sync::OnceLock<u32>,
 }
 
 /// The filesystem over one bucket (or prefix of it).
@@ -129,6 +147,8 @@ pub struct Fs {
     staging_seq: AtomicU64,
     /// Keys already reported as unshowable, so each is logged once.
     warned: Mutex<HashSet<String>>,
+    warnings: AtomicU64,
+    errors: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,11 +188,52 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             staging_seq: AtomicU64::new(0),
             warned: Mutex::new(HashSet::new()),
+            warnings: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
         })
     }
 
     pub fn config(&self) -> &FsConfig {
         &self.cfg
+    }
+
+    /// Count a failed operation (the adapter logs it).
+    pub fn note_failure(&self, level: Level) {
+        match level {
+            Level::Debug => {}
+            Level::Warn => {
+                self.warnings.fetch_add(1, Ordering::Relaxed);
+            }
+            Level::Error => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> FsStats {
+        let open: Vec<Arc<OpenFile>> = lock(&self.open_files).values().cloned().collect();
+        let pending: Vec<u64> = open
+            .iter()
+            .filter_map(|o| o.staging())
+            .filter(|s| s.is_dirty())
+            .map(|s| s.size())
+            .collect();
+        FsStats {
+            open_files: open.len(),
+            pending_uploads: pending.len(),
+            pending_bytes: pending.iter().sum(),
+            parts_in_flight: self
+                .cfg
+                .upload
+                .concurrency
+                .max(1)
+                .saturating_sub(self.uploads.permits.available_permits()),
+            cache_memory_used: self.cache.used(),
+            cache_memory_budget: self.cache.budget(),
+            cache_disk_used: self.cache.disk_used(),
+            warnings: self.warnings.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
     }
 
     pub fn attr_ttl(&self) -> Duration {
@@ -399,7 +460,7 @@ impl Fs {
                 .staging()
                 .ok_or(FsError::BadHandle(fh))?;
             staging.truncate(size).await?;
-            self.flush(fh).await
+            self.flush(fh, None).await
         }
         .await;
         let released = self.release(fh).await;
@@ -785,6 +846,7 @@ impl Fs {
             open,
             writable: mode.write,
             reader: tokio::sync::Mutex::new(reader),
+            opener: std::sync::OnceLock::new(),
         };
         Ok(self.add_handle(Handle::File(Arc::new(handle))))
     }
@@ -858,12 +920,37 @@ impl Fs {
         self.upload_staged(&handle.open, true).await
     }
 
-    /// close() of one descriptor: like fsync, except for a file created (or truncated) empty
-    /// with nothing written yet. Tools such as `dd` and shells open a file and close a
-    /// duplicate descriptor before writing; uploading the empty file then would leave an empty
-    /// object behind if the writing later fails. Release uploads it if it stays empty.
-    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+    /// Remember which process opened `fh` (its process id, not a thread id).
+    pub fn set_opener(&self, fh: u64, process: u32) {
+        if let Ok(handle) = self.file_handle(fh) {
+            let _ = handle.opener.set(process);
+        }
+    }
+
+    /// close() of one descriptor, by `process` if known: like fsync, with two exceptions that
+    /// are not the writer finishing.
+    /// - A close by another process than the one that opened the file: a child that inherited
+    ///   the descriptor and closes it at exec or exit. Uploading then would publish a partial
+    ///   file and end a streaming upload halfway.
+    /// - A file created (or truncated) empty with nothing written yet: `dd` and shells close a
+    ///   duplicate descriptor before writing, and the empty object would stay behind if the
+    ///   writing later fails.
+    ///
+    /// Release uploads whatever these leave.
+    pub async fn flush(&self, fh: u64, process: Option<u32>) -> FsResult<()> {
         let handle = self.file_handle(fh)?;
+        let opener = handle.opener.get().copied();
+        if let (Some(opener), Some(closer)) = (opener, process) {
+            if opener != closer {
+                tracing::debug!(
+                    fh,
+                    opener,
+                    closer,
+                    "close by another process; upload left to the writer"
+                );
+                return Ok(());
+            }
+        }
         if handle
             .open
             .staging()

@@ -57,7 +57,7 @@ impl Harness {
         if !data.is_empty() {
             self.fs.write(fh, 0, data.to_vec()).await?;
         }
-        self.fs.flush(fh).await?;
+        self.fs.flush(fh, None).await?;
         self.fs.release(fh).await?;
         Ok(attr.ino)
     }
@@ -110,10 +110,10 @@ async fn empty_new_file_still_creates_an_object() {
 async fn closing_a_duplicate_before_writing_uploads_nothing() {
     let h = harness();
     let (_, fh) = h.fs.create(ROOT, "f").await.unwrap();
-    h.fs.flush(fh).await.unwrap();
+    h.fs.flush(fh, None).await.unwrap();
     assert!(h.store.keys().is_empty());
     h.fs.write(fh, 0, b"x".to_vec()).await.unwrap();
-    h.fs.flush(fh).await.unwrap();
+    h.fs.flush(fh, None).await.unwrap();
     assert_eq!(h.store.object("f").unwrap(), &b"x"[..]);
     h.fs.release(fh).await.unwrap();
 }
@@ -134,12 +134,12 @@ async fn failed_upload_is_the_error_of_close_and_data_is_kept() {
     let (_, fh) = h.fs.create(ROOT, "lost.txt").await.unwrap();
     h.fs.write(fh, 0, b"precious".to_vec()).await.unwrap();
     h.store.set_offline(true);
-    let err = h.fs.flush(fh).await.unwrap_err();
+    let err = h.fs.flush(fh, None).await.unwrap_err();
     assert_eq!(err.errno(), libc::EIO);
     let kept = h.fs.config().cache_dir.join("recovery/b/lost.txt");
     assert_eq!(std::fs::read(kept).unwrap(), b"precious");
     // fsync retries (and fails again) without a second copy; release does not retry.
-    assert!(h.fs.flush(fh).await.is_err());
+    assert!(h.fs.flush(fh, None).await.is_err());
     assert!(h.fs.release(fh).await.is_err());
     assert!(h.store.keys().is_empty());
     let copies = std::fs::read_dir(h.fs.config().cache_dir.join("recovery/b")).unwrap();
@@ -152,8 +152,8 @@ async fn a_retry_after_a_transient_failure_makes_the_data_durable() {
     let (_, fh) = h.fs.create(ROOT, "f").await.unwrap();
     h.fs.write(fh, 0, b"data".to_vec()).await.unwrap();
     h.store.fail_next(Op::Put, 1);
-    assert!(h.fs.flush(fh).await.is_err());
-    h.fs.flush(fh).await.unwrap();
+    assert!(h.fs.flush(fh, None).await.is_err());
+    h.fs.flush(fh, None).await.unwrap();
     h.fs.release(fh).await.unwrap();
     assert_eq!(h.store.object("f").unwrap(), &b"data"[..]);
 }
@@ -291,7 +291,7 @@ async fn size_of_a_file_being_written_is_local() {
     let h = harness();
     let (attr, fh) = h.fs.create(ROOT, "growing").await.unwrap();
     h.fs.write(fh, 0, vec![7; 1000]).await.unwrap();
-    h.fs.flush(fh).await.unwrap();
+    h.fs.flush(fh, None).await.unwrap();
     h.fs.write(fh, 1000, vec![8; 500]).await.unwrap();
     assert_eq!(h.fs.getattr(attr.ino).await.unwrap().size, 1500);
     h.fs.release(fh).await.unwrap();
@@ -302,7 +302,7 @@ async fn unlinked_open_file_is_not_uploaded_again() {
     let h = harness();
     let (_, fh) = h.fs.create(ROOT, "gone").await.unwrap();
     h.fs.write(fh, 0, b"x".to_vec()).await.unwrap();
-    h.fs.flush(fh).await.unwrap();
+    h.fs.flush(fh, None).await.unwrap();
     h.fs.unlink(ROOT, "gone").await.unwrap();
     h.fs.write(fh, 1, b"y".to_vec()).await.unwrap();
     h.fs.release(fh).await.unwrap();
@@ -410,7 +410,21 @@ async fn a_failed_write_never_becomes_the_object() {
             .unwrap_err();
     assert_eq!(err.errno(), libc::EFBIG);
     h.fs.write(fh, 0, b"changed".to_vec()).await.unwrap();
-    assert!(h.fs.flush(fh).await.is_err());
+    assert!(h.fs.flush(fh, None).await.is_err());
     let _ = h.fs.release(fh).await;
     assert_eq!(h.store.object("f").unwrap(), &b"original"[..]);
+}
+
+#[tokio::test]
+async fn a_close_by_another_process_does_not_upload() {
+    let h = harness();
+    let (_, fh) = h.fs.create(ROOT, "f").await.unwrap();
+    h.fs.set_opener(fh, 100);
+    h.fs.write(fh, 0, b"partial".to_vec()).await.unwrap();
+    // A child that inherited the descriptor closes it at exec.
+    h.fs.flush(fh, Some(200)).await.unwrap();
+    assert!(h.store.keys().is_empty());
+    h.fs.flush(fh, Some(100)).await.unwrap();
+    assert_eq!(h.store.object("f").unwrap(), &b"partial"[..]);
+    h.fs.release(fh).await.unwrap();
 }
