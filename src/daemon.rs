@@ -9,7 +9,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -46,7 +46,10 @@ pub fn run_in_background(log_file: &Path) -> anyhow::Result<String> {
         .append(true)
         .open(log_file)
         .with_context(|| format!("opening the log file {}", log_file.display()))?;
-    let (read_end, write_end) = pipe()?;
+    // std's pipe is close-on-exec on every platform (pipe2 is Linux-only); the child gets
+    // its own copy of the write end through dup2 below.
+    let (read_end, writer) = std::io::pipe().context("creating a pipe")?;
+    let write_end = writer.as_raw_fd();
     let mut command = Command::new(std::env::current_exe().context("finding this program")?);
     let args = CHILD_ARGS
         .get()
@@ -68,8 +71,8 @@ pub fn run_in_background(log_file: &Path) -> anyhow::Result<String> {
         });
     }
     let spawned = command.spawn().context("starting the background process");
-    // SAFETY: write_end came from pipe() above and is closed exactly once, here.
-    unsafe { libc::close(write_end) };
+    // Our copy of the write end must go, or the reader below never sees the child's EOF.
+    drop(writer);
     let mut child = spawned?;
 
     let (tx, rx) = mpsc::channel();
@@ -101,17 +104,6 @@ pub fn run_in_background(log_file: &Path) -> anyhow::Result<String> {
             )
         }
     }
-}
-
-fn pipe() -> anyhow::Result<(File, RawFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: fds has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("creating a pipe");
-    }
-    // SAFETY: fds[0] is a fresh descriptor owned by nobody else.
-    let read_end = unsafe { File::from_raw_fd(fds[0]) };
-    Ok((read_end, fds[1]))
 }
 
 /// The child's side: tells the waiting parent how the mount went. A foreground run has none.
