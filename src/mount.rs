@@ -111,7 +111,16 @@ pub async fn probe(store: &dyn ObjectStore, prefix: &str) -> anyhow::Result<()> 
 
 fn session_config(cfg: &MountConfig) -> fuser::Config {
     let mut options = vec![
-        MountOption::FSName(format!("supamount:{}", cfg.bucket)),
+        // The source as fstab names it, so `mount -a` sees the entry as mounted already.
+        MountOption::FSName(format!(
+            "{}{}",
+            cfg.bucket,
+            cfg.fs
+                .prefix
+                .strip_suffix('/')
+                .map(|p| format!("/{p}"))
+                .unwrap_or_default()
+        )),
         MountOption::Subtype("supamount".into()),
         MountOption::DefaultPermissions,
         MountOption::NoAtime,

@@ -31,6 +31,17 @@ use crate::names::{check_new_name, first_refused_char, is_listable, FOLDER_PLACE
 use crate::store::{ObjectStore, StoreError};
 use crate::upload::{UploadConfig, UploadError};
 
+/// rename(2) flags as the kernel passes them: Linux names them NOREPLACE and EXCHANGE,
+/// macOS (through macFUSE) EXCL and SWAP.
+#[cfg(target_os = "linux")]
+pub const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
+#[cfg(target_os = "linux")]
+pub const RENAME_EXCHANGE: u32 = libc::RENAME_EXCHANGE;
+#[cfg(target_os = "macos")]
+pub const RENAME_NOREPLACE: u32 = libc::RENAME_EXCL;
+#[cfg(target_os = "macos")]
+pub const RENAME_EXCHANGE: u32 = libc::RENAME_SWAP;
+
 /// Objects copied at once when a directory is renamed.
 const DIR_RENAME_CONCURRENCY: usize = 8;
 
@@ -547,7 +558,7 @@ impl Fs {
         flags: u32,
     ) -> FsResult<()> {
         self.check_writable()?;
-        if flags & libc::RENAME_EXCHANGE != 0 {
+        if flags & RENAME_EXCHANGE != 0 {
             return Err(FsError::Invalid(
                 "RENAME_EXCHANGE cannot be done atomically on S3",
             ));
@@ -560,7 +571,7 @@ impl Fs {
             return self.rename_dir(&from, &to, flags).await;
         }
         if let Some(target) = self.stat_path(&to).await? {
-            if flags & libc::RENAME_NOREPLACE != 0 {
+            if flags & RENAME_NOREPLACE != 0 {
                 return Err(FsError::Exists);
             }
             if target.kind == Kind::Dir {
@@ -590,7 +601,7 @@ impl Fs {
             return Err(FsError::Invalid("cannot move a directory into itself"));
         }
         if let Some(target) = self.stat_path(to).await? {
-            if flags & libc::RENAME_NOREPLACE != 0 {
+            if flags & RENAME_NOREPLACE != 0 {
                 return Err(FsError::Exists);
             }
             if target.kind != Kind::Dir {

@@ -216,13 +216,9 @@ async fn rename_noreplace_and_exchange() {
     let h = harness();
     h.write_file(ROOT, "a", b"1").await.unwrap();
     h.write_file(ROOT, "b", b"2").await.unwrap();
-    let noreplace =
-        h.fs.rename(ROOT, "a", ROOT, "b", libc::RENAME_NOREPLACE)
-            .await;
+    let noreplace = h.fs.rename(ROOT, "a", ROOT, "b", RENAME_NOREPLACE).await;
     assert_eq!(noreplace.unwrap_err().errno(), libc::EEXIST);
-    let exchange =
-        h.fs.rename(ROOT, "a", ROOT, "b", libc::RENAME_EXCHANGE)
-            .await;
+    let exchange = h.fs.rename(ROOT, "a", ROOT, "b", RENAME_EXCHANGE).await;
     assert_eq!(exchange.unwrap_err().errno(), libc::EINVAL);
     assert_eq!(h.store.object("b").unwrap(), &b"2"[..]);
 }
@@ -378,7 +374,7 @@ async fn rename_a_directory_onto_a_non_empty_one_fails() {
     let err = h.fs.rename(ROOT, "a", ROOT, "b", 0).await.unwrap_err();
     assert_eq!(err.errno(), libc::ENOTEMPTY);
     let err =
-        h.fs.rename(ROOT, "a", ROOT, "b", libc::RENAME_NOREPLACE)
+        h.fs.rename(ROOT, "a", ROOT, "b", RENAME_NOREPLACE)
             .await
             .unwrap_err();
     assert_eq!(err.errno(), libc::EEXIST);
