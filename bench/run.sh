@@ -16,6 +16,7 @@
 #   BENCH_WORK         scratch directory, wiped at start; must be on a real disk (default
 #                      target/bench/work)
 #   BENCH_KEEP=1       keep the server's data after the run
+#   BENCH_BUILD=0      measure the release binaries as they are, without building
 #
 # Needs root: it installs packages with apt-get and drops the page cache between cold runs.
 # Results: printed, and written to target/bench/results/latest.md (raw figures in
@@ -66,10 +67,13 @@ if ((${#missing[@]})); then
         die "apt-get install ${missing[*]} failed"
 fi
 
-say "building (cargo build --release)"
-(cd "$REPO" && cargo build --release --bins) || die "cargo build --release failed"
+if [[ ${BENCH_BUILD:-1} != 0 ]]; then
+    say "building (cargo build --release)"
+    (cd "$REPO" && cargo build --release --bins) || die "cargo build --release failed"
+fi
 SUPAMOUNT=$REPO/target/release/supamount
 BENCH=$REPO/target/release/supamount-bench
+[[ -x $SUPAMOUNT && -x $BENCH ]] || die "no release binaries in target/release"
 
 # ---------------------------------------------------------------------------------------
 # Scratch space, cleanup
@@ -118,6 +122,8 @@ cleanup() {
         kill -TERM "$SERVER_PID" 2>/dev/null
         stop_pid "$SERVER_PID" 10
     fi
+    # The keys die with the server, but a key file is not left lying around either way.
+    rm -f "$WORK/s3fs.passwd" "$WORK/rclone.conf"
     if [[ ${BENCH_KEEP:-0} != 1 && -d $WORK/data ]]; then
         rm -rf --one-file-system "$WORK/data" "$WORK/local"
     fi
