@@ -11,8 +11,8 @@ use std::time::SystemTime;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
@@ -173,6 +173,9 @@ impl Filesystem for FuseAdapter {
         // makes one upload, not an empty one first.
         let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // Listings carry sizes and times, so `ls -l` needs no lookup per entry.
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        let _ = config.add_capabilities(InitFlags::FUSE_READDIRPLUS_AUTO);
         Ok(())
     }
 
@@ -469,6 +472,46 @@ impl Filesystem for FuseAdapter {
             let next = index as u64 + 1;
             if reply.add(INodeNo(entry.ino), next, file_type(entry.kind), &entry.name) {
                 break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.fs.readdir(fh.0) {
+            Ok(entries) => entries,
+            Err(err) => {
+                log_failure(&self.fs, "readdirplus", &err);
+                return reply.error(Errno::from_i32(err.errno()));
+            }
+        };
+        let ttl = self.fs.attr_ttl();
+        for (index, entry) in entries.iter().enumerate().skip(offset as usize) {
+            // The kernel takes a reference for every entry but `.` and `..`.
+            let dot = entry.name == "." || entry.name == "..";
+            let Some(attr) = self.fs.listed_attr(entry.ino) else {
+                continue;
+            };
+            let next = index as u64 + 1;
+            if reply.add(
+                INodeNo(entry.ino),
+                next,
+                &entry.name,
+                &ttl,
+                &file_attr(&attr),
+                Generation(0),
+            ) {
+                break;
+            }
+            if !dot {
+                self.fs.hold(entry.ino);
             }
         }
         reply.ok();

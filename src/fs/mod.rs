@@ -763,6 +763,18 @@ impl Fs {
         }
     }
 
+    /// Attributes of a listed entry as the listing left them, without asking the server
+    /// (readdirplus).
+    pub fn listed_attr(&self, ino: u64) -> Option<Attr> {
+        let node = lock(&self.inodes).get(ino).cloned()?;
+        Some(self.attr_of(ino, &node))
+    }
+
+    /// The kernel took a reference to `ino` without a lookup (a readdirplus entry).
+    pub fn hold(&self, ino: u64) {
+        lock(&self.inodes).add_lookup(ino);
+    }
+
     pub fn releasedir(&self, fh: u64) {
         lock(&self.handles).remove(&fh);
     }
