@@ -10,6 +10,7 @@ pub mod connect;
 pub mod credentials;
 pub mod daemon;
 pub mod endpoint;
+pub mod error_chain;
 pub mod fs;
 pub mod fuse;
 pub mod mount;

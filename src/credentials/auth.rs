@@ -2,6 +2,7 @@
 //! with the anon key as `apikey`. Answers are sorted into a new session, a terminal refusal (the
 //! user must log in again) or a transient failure (worth retrying).
 
+use crate::error_chain::error_chain;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -179,17 +180,6 @@ pub(crate) fn parse_answer(status: u16, body: &[u8]) -> Result<AuthSession, Refr
         code,
         message,
     })
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! aws-chunked streaming chunks), checksums only when an operation requires them, and no
 //! sub-resource the server does not implement.
 
+use crate::error_chain::error_chain;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -97,19 +98,6 @@ pub fn classify(status: u16, code: &str, message: String, bucket: &str, key: &st
             message,
         },
     }
-}
-
-/// The error and its sources on one line: the SDK's top-level text is often just
-/// "dispatch failure", with the useful part (connection refused, DNS) in the sources.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<SystemTime> {
