@@ -2,7 +2,6 @@
 //! with the anon key as `apikey`. Answers are sorted into a new session, a terminal refusal (the
 //! user must log in again) or a transient failure (worth retrying).
 
-use crate::error_chain::error_chain;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,6 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::Secret;
+use crate::error_chain::error_chain;
 
 /// Bound on one refresh request, so that a hung Auth server cannot stall renewal.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

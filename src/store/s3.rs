@@ -4,7 +4,6 @@
 //! aws-chunked streaming chunks), checksums only when an operation requires them, and no
 //! sub-resource the server does not implement.
 
-use crate::error_chain::error_chain;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -15,6 +14,7 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 
 use super::{CompletedPart, GetResult, ListPage, ObjectInfo, ObjectStore, StoreError, StoreResult};
+use crate::error_chain::error_chain;
 
 /// One bucket behind an S3 endpoint.
 #[derive(Clone)]
