@@ -127,7 +127,7 @@ pub struct MountOptions {
     pub attr_ttl: f64,
     /// Where files being written are staged and failed uploads are kept
     /// [default: $XDG_CACHE_HOME/supamount or ~/.cache/supamount].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", overrides_with = "cache_dir")]
     pub cache_dir: Option<PathBuf>,
     /// Memory for cached file data, in MiB (read-ahead included).
     #[arg(long = "cache-memory", default_value = "256", value_name = "MIB")]

@@ -165,8 +165,10 @@ impl Staging {
     pub async fn truncate(&self, size: u64) -> FsResult<()> {
         let file = self.file.clone();
         run_blocking(&self.path, move || file.set_len(size)).await?;
-        self.size.store(size, Ordering::Release);
-        self.written.store(true, Ordering::Release);
+        // Cutting an empty new file to zero (as `dd` does first) changes nothing.
+        if self.size.swap(size, Ordering::AcqRel) != size {
+            self.written.store(true, Ordering::Release);
+        }
         let generation = self.write_gen.fetch_add(1, Ordering::AcqRel) + 1;
         self.writeback.truncated(size, generation).await;
         Ok(())
