@@ -132,6 +132,9 @@ struct State {
     parts: BTreeMap<u32, PartState>,
     /// The first background failure; `finish` reports it.
     failed: Option<StoreError>,
+    /// A finish is under way: writes only mark parts, so no part leaves in the background
+    /// while the upload is being completed (or the next one is started).
+    finishing: bool,
 }
 
 /// The upload of one staged file.
@@ -187,7 +190,7 @@ impl Writeback {
                     .is_some_and(|p| !p.sending && !p.is_current())
             })
             .collect();
-        if ready.is_empty() || state.failed.is_some() {
+        if ready.is_empty() || state.failed.is_some() || state.finishing {
             return;
         }
         if state.upload.is_none() {
@@ -231,6 +234,10 @@ impl Writeback {
                 }),
             };
             let mut state = shared.lock().await;
+            if state.upload.as_ref().map(|(_, id)| id) != Some(&upload_id) {
+                // Its upload was completed or aborted meanwhile; this part is not in it.
+                return;
+            }
             let part = state.parts.entry(n).or_default();
             part.sending = false;
             match result {
@@ -245,6 +252,12 @@ impl Writeback {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .spawn(task);
+    }
+
+    /// Stop new background parts and wait for those in flight, so the state is settled.
+    async fn quiesce(&self) {
+        self.state.lock().await.finishing = true;
+        self.wait_background().await;
     }
 
     async fn wait_background(&self) {
@@ -267,7 +280,7 @@ impl Writeback {
                 max: self.layout.max_size(),
             });
         }
-        self.wait_background().await;
+        self.quiesce().await;
         let mut state = self.state.lock().await;
         let result = self.finish_locked(&mut state, key, size, gen).await;
         if result.is_err() {
@@ -352,7 +365,7 @@ impl Writeback {
 
     /// Give up: abort any multipart upload in progress (the file was deleted).
     pub async fn abandon(&self) {
-        self.wait_background().await;
+        self.quiesce().await;
         let mut state = self.state.lock().await;
         if let Some((key, id)) = state.upload.take() {
             let _ = self.store.abort_multipart(&key, &id).await;
@@ -505,6 +518,25 @@ mod tests {
         s.write(100, &data[100..101]).await;
         s.wb.finish("k", data.len() as u64, s.gen).await.unwrap();
         assert_eq!(s.store.object("k").unwrap(), &data[..]);
+    }
+
+    #[tokio::test]
+    async fn writes_racing_a_finish_never_mix_two_uploads() {
+        let mut s = staged(4);
+        let data = pattern(40 * MIB);
+        // A finish (a close of a duplicate descriptor) after every few writes, while parts of
+        // the same file are leaving in the background.
+        for (i, chunk) in data.chunks(MIB as usize).enumerate() {
+            s.write(i as u64 * MIB, chunk).await;
+            if i % 7 == 6 {
+                let done = (i as u64 + 1) * MIB;
+                s.wb.finish("k", done, s.gen).await.unwrap();
+                assert_eq!(s.store.object("k").unwrap(), &data[..done as usize]);
+            }
+        }
+        s.wb.finish("k", data.len() as u64, s.gen).await.unwrap();
+        assert_eq!(s.store.object("k").unwrap(), &data[..]);
+        assert_eq!(s.store.open_uploads(), 0);
     }
 
     #[tokio::test]

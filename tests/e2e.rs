@@ -29,6 +29,8 @@ e2e_tests! {
     mkdir_placeholder_rmdir,
     overwrite_loop_200,
     fsync_size_visible_while_open,
+    close_of_new_empty_file_uploads,
+    flush_of_dup_during_writes,
     mount_fails_wrong_secret,
     mount_fails_missing_bucket,
     background_mount_and_unmount,
@@ -436,7 +438,7 @@ fn mkdir_placeholder_rmdir(b: &Backend) {
         "rmdir n holding a.txt",
     );
     assert_eq!(b.keys("n/"), ["n/a.txt"]);
-    assert_eq!(b.keys("d/"), ["d/f".to_string(), format!("d/{PH}")]);
+    assert_eq!(b.keys("d/"), [format!("d/{PH}"), "d/f".to_string()]);
 
     m.sh_ok("rm d/f && rmdir d");
     assert_errno(fs::metadata(m.p("d")), libc::ENOENT, "stat d after rmdir");
@@ -519,6 +521,83 @@ fn fsync_size_visible_while_open(b: &Backend) {
     close_checked(f).expect("close");
     assert_eq!(stat(), total.to_string(), "size after close");
     assert_same_bytes("s.bin after close", &fs::read(&p).unwrap(), &all);
+}
+
+/// close() of a file created with no write returns only once the (empty) object exists.
+fn close_of_new_empty_file_uploads(b: &Backend) {
+    let m = b.mount();
+    for i in 0..20 {
+        let name = format!("empty-{i:02}");
+        let f = File::create(m.p(&name)).unwrap();
+        close_checked(f).expect("close");
+        assert_eq!(
+            b.head_size(&name),
+            Some(0),
+            "object {name} right after close() returned"
+        );
+    }
+    for i in 0..5 {
+        let name = format!("touched-{i}");
+        m.sh_ok(&format!("touch {name}"));
+        assert_eq!(b.head_size(&name), Some(0), "object {name} after `touch`");
+    }
+    assert_eq!(b.all_keys().len(), 25);
+}
+
+/// close() of a duplicate descriptor (a FLUSH) while another thread keeps writing: every close
+/// succeeds and the object ends up with exactly the bytes written. The same FLUSH happens when
+/// any thread of a process forks while a file is open (the child closes its inherited copy).
+fn flush_of_dup_during_writes(b: &Backend) {
+    use std::os::fd::AsRawFd;
+    let n = 40 * MIB + 4321;
+    let data = random_bytes(n, 77);
+    let m = b.mount();
+    let mut f = File::create(m.p("dup.bin")).unwrap();
+    let fd = f.as_raw_fd();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    // Closes a dup of `fd` each time the writer has written another 4 MiB, without making the
+    // writer wait.
+    let flusher = std::thread::spawn(move || {
+        let mut results = Vec::new();
+        while rx.recv().is_ok() {
+            // SAFETY: `fd` stays open until this thread is joined; dup/close act on our copy.
+            let d = unsafe { libc::dup(fd) };
+            assert!(d >= 0, "dup: {}", std::io::Error::last_os_error());
+            let r = unsafe { libc::close(d) };
+            results.push(if r == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            });
+        }
+        results
+    });
+    let mut since = 0;
+    for chunk in data.chunks(MIB + 4097) {
+        f.write_all(chunk).expect("write");
+        since += chunk.len();
+        if since >= 4 * MIB {
+            since = 0;
+            tx.send(()).unwrap();
+        }
+    }
+    drop(tx);
+    let flushes = flusher.join().unwrap();
+    let failed: Vec<_> = flushes.iter().filter(|r| r.is_err()).collect();
+    let last = close_checked(f);
+    assert!(
+        failed.is_empty(),
+        "close() of a dup failed {} of {} times: {failed:?}; final close: {last:?}",
+        failed.len(),
+        flushes.len()
+    );
+    last.expect("final close");
+    assert_same_bytes("object dup.bin", &b.get("dup.bin").unwrap(), &data);
+    assert!(
+        files_under(&m.cache_dir.join("recovery")).is_empty(),
+        "recovery copies left: {:?}",
+        files_under(&m.cache_dir.join("recovery"))
+    );
 }
 
 /// A background-mode mount that must fail: non-zero exit within 15 s, one line on stderr, no

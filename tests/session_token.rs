@@ -492,7 +492,8 @@ fn user_client(lab: &Lab, jwt: &str) -> aws_sdk_s3::Client {
     let conf = aws_sdk_s3::Config::builder()
         .behavior_version_latest()
         .region(Region::new(lab.region.clone()))
-        .endpoint_url(&lab.endpoint)
+        // The SDK joins a path-style bucket straight onto the endpoint's path: `/s3` needs `/s3/`.
+        .endpoint_url(format!("{}/", lab.endpoint.trim_end_matches('/')))
         .credentials_provider(Credentials::new(
             &lab.tenant,
             &lab.anon_key,

@@ -199,7 +199,13 @@ fn a_full_staging_disk_never_makes_a_wrong_object() {
         } else {
             let text = format!("{}{}", out.stdout, out.stderr);
             assert!(text.contains("No space left on device"), "{text}");
-            assert_eq!(b.head_size("huge"), None, "a wrong object was left");
+            // dd closes a duplicate of the new file before writing, which creates it empty, as
+            // on a local disk; what must never appear is part of the data.
+            let size = b.head_size("huge");
+            assert!(
+                size.is_none() || size == Some(0),
+                "a wrong object: {size:?}"
+            );
         }
     }));
     drop(m);

@@ -950,16 +950,10 @@ impl Fs {
         }
     }
 
-    /// close() of one descriptor, by `process` if known: like fsync, with two exceptions that
-    /// are not the writer finishing.
-    /// - A close by another process than the one that opened the file: a child that inherited
-    ///   the descriptor and closes it at exec or exit. Uploading then would publish a partial
-    ///   file and end a streaming upload halfway.
-    /// - A file created (or truncated) empty with nothing written yet: `dd` and shells close a
-    ///   duplicate descriptor before writing, and the empty object would stay behind if the
-    ///   writing later fails.
-    ///
-    /// Release uploads whatever these leave.
+    /// close() of one descriptor, by `process` if known: like fsync, except when another
+    /// process than the one that opened the file closes it: a child that inherited the
+    /// descriptor and closes it at exec or exit. Uploading then would publish a partial file
+    /// and end a streaming upload halfway; the writer's own close (or release) uploads.
     pub async fn flush(&self, fh: u64, process: Option<u32>) -> FsResult<()> {
         let handle = self.file_handle(fh)?;
         let opener = handle.opener.get().copied();
@@ -973,13 +967,6 @@ impl Fs {
                 );
                 return Ok(());
             }
-        }
-        if handle
-            .open
-            .staging()
-            .is_some_and(|s| s.size() == 0 && !s.written())
-        {
-            return Ok(());
         }
         self.upload_staged(&handle.open, true).await
     }

@@ -28,7 +28,6 @@ pub struct Staging {
     /// A write that failed (a full staging disk): the staged data is then incomplete and must
     /// never become the object.
     write_error: Mutex<Option<i32>>,
-    written: AtomicBool,
     size: AtomicU64,
     write_gen: AtomicU64,
     uploaded_gen: AtomicU64,
@@ -56,7 +55,6 @@ impl Staging {
             path,
             writeback,
             write_error: Mutex::new(None),
-            written: AtomicBool::new(false),
             size: AtomicU64::new(0),
             write_gen: AtomicU64::new(0),
             uploaded_gen: AtomicU64::new(0),
@@ -104,11 +102,6 @@ impl Staging {
         self.uploaded_gen.fetch_max(generation, Ordering::AcqRel);
     }
 
-    /// Whether anything was written or truncated since the staging copy was made.
-    pub fn written(&self) -> bool {
-        self.written.load(Ordering::Acquire)
-    }
-
     /// Something changed that must reach the server (a new file that is still empty counts).
     pub fn mark_dirty(&self) {
         self.write_gen.fetch_add(1, Ordering::AcqRel);
@@ -123,7 +116,6 @@ impl Staging {
             return Err(e);
         }
         self.size.fetch_max(offset + len, Ordering::AcqRel);
-        self.written.store(true, Ordering::Release);
         let generation = self.write_gen.fetch_add(1, Ordering::AcqRel) + 1;
         self.writeback
             .wrote(key, offset, offset + len, generation)
@@ -165,10 +157,7 @@ impl Staging {
     pub async fn truncate(&self, size: u64) -> FsResult<()> {
         let file = self.file.clone();
         run_blocking(&self.path, move || file.set_len(size)).await?;
-        // Cutting an empty new file to zero (as `dd` does first) changes nothing.
-        if self.size.swap(size, Ordering::AcqRel) != size {
-            self.written.store(true, Ordering::Release);
-        }
+        self.size.store(size, Ordering::Release);
         let generation = self.write_gen.fetch_add(1, Ordering::AcqRel) + 1;
         self.writeback.truncated(size, generation).await;
         Ok(())

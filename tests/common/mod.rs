@@ -541,6 +541,9 @@ fn temp_dir(test: &str) -> tempfile::TempDir {
 }
 
 fn s3_client(endpoint: &str, region: &str, ak: &str, sk: &str) -> aws_sdk_s3::Client {
+    // aws-sdk-s3 joins an endpoint path without a trailing slash straight onto the bucket in
+    // path-style requests with no key (CreateBucket on `http://HOST/s3` goes to `/s3BUCKET/`).
+    let endpoint = format!("{}/", endpoint.trim_end_matches('/'));
     let conf = aws_sdk_s3::Config::builder()
         .behavior_version_latest()
         .region(Region::new(region.to_string()))
@@ -917,7 +920,11 @@ impl Backend {
             c.arg("--log-level").arg(level);
         }
         c.args(&o.extra_args);
-        let nowhere = self.tmp().join("no-aws-config");
+        // An empty AWS config: nothing from the machine's ~/.aws leaks into the test.
+        let nowhere = self.tmp().join("empty-aws-config");
+        if !nowhere.exists() {
+            fs::write(&nowhere, "").unwrap();
+        }
         c.env("AWS_ACCESS_KEY_ID", &self.access_key)
             .env(
                 "AWS_SECRET_ACCESS_KEY",
