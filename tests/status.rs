@@ -34,8 +34,12 @@ fn pending_upload_shows_until_closed() {
     assert_eq!(during["pending_bytes"], 3 * 1024 * 1024);
     close_checked(file).unwrap();
     // close() returns once the upload is done; release follows asynchronously.
-    poll_until(Duration::from_secs(10), "the upload to leave the status", || {
-        let after = status(&m);
-        after["pending_uploads"] == 0 && after["open_files"] == 0
-    });
+    poll_until(
+        Duration::from_secs(10),
+        "the upload to leave the status",
+        || {
+            let after = status(&m);
+            after["pending_uploads"] == 0 && after["open_files"] == 0
+        },
+    );
 }
