@@ -534,6 +534,42 @@ fn assert_no_secrets(what: &str, text: &str, secrets: &[&str]) {
 // ---------------------------------------------------------------------------------------------
 // Tests
 
+/// A session-token mount renewing 20-second JWTs through a fresh fake Auth server.
+struct Renewing {
+    auth: FakeAuth,
+    /// The refresh token the login gave (used by the mount's first renewal).
+    refresh: String,
+    refresh_file: PathBuf,
+    mount: SessionMount,
+}
+
+fn mount_renewing(lab: &Lab, backend: &Backend) -> Renewing {
+    let user = new_user();
+    let auth = FakeAuth::start(lab, &user, SHORT_LIFETIME);
+    let (jwt, refresh) = auth.login();
+    let refresh_file = backend.tmp().join("refresh-token");
+    write_private(&refresh_file, &refresh);
+    let mut cmd = session_cmd(
+        lab,
+        backend,
+        &backend.bucket,
+        &[
+            "--refresh-token-file",
+            refresh_file.to_str().unwrap(),
+            "--project-url",
+            &auth.url,
+        ],
+    );
+    cmd.env("SUPABASE_ACCESS_TOKEN", &jwt);
+    let mount = SessionMount::start(backend, cmd);
+    Renewing {
+        auth,
+        refresh,
+        refresh_file,
+        mount,
+    }
+}
+
 /// How long the renewal test copies: over two minutes of 20-second tokens.
 const COPY_TIME: Duration = Duration::from_secs(125);
 
@@ -545,24 +581,12 @@ fn renewal_keeps_copies_going() {
     let Some((lab, backend)) = lab("st-renewal") else {
         return;
     };
-    let user = new_user();
-    let auth = FakeAuth::start(&lab, &user, SHORT_LIFETIME);
-    let (jwt, refresh) = auth.login();
-    let refresh_file = backend.tmp().join("refresh-token");
-    write_private(&refresh_file, &refresh);
-    let mut cmd = session_cmd(
-        &lab,
-        &backend,
-        &backend.bucket,
-        &[
-            "--refresh-token-file",
-            refresh_file.to_str().unwrap(),
-            "--project-url",
-            &auth.url,
-        ],
-    );
-    cmd.env("SUPABASE_ACCESS_TOKEN", &jwt);
-    let m = SessionMount::start(&backend, cmd);
+    let Renewing {
+        auth,
+        refresh,
+        refresh_file,
+        mount: m,
+    } = mount_renewing(&lab, &backend);
     let started = Instant::now();
 
     // A slow writer keeps one 40 MiB file open for the whole test (its multipart parts leave
@@ -682,24 +706,12 @@ fn reused_refresh_token_fails_clearly() {
     let Some((lab, backend)) = lab("st-reuse") else {
         return;
     };
-    let user = new_user();
-    let auth = FakeAuth::start(&lab, &user, SHORT_LIFETIME);
-    let (jwt, refresh) = auth.login();
-    let refresh_file = backend.tmp().join("refresh-token");
-    write_private(&refresh_file, &refresh);
-    let mut cmd = session_cmd(
-        &lab,
-        &backend,
-        &backend.bucket,
-        &[
-            "--refresh-token-file",
-            refresh_file.to_str().unwrap(),
-            "--project-url",
-            &auth.url,
-        ],
-    );
-    cmd.env("SUPABASE_ACCESS_TOKEN", &jwt);
-    let m = SessionMount::start(&backend, cmd);
+    let Renewing {
+        auth,
+        refresh,
+        mount: m,
+        ..
+    } = mount_renewing(&lab, &backend);
     auth.steal(&refresh);
 
     let mut f = File::create(m.p("doomed.txt")).unwrap();
