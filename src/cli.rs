@@ -107,19 +107,24 @@ pub struct MountOptions {
     /// Refuse every change.
     #[arg(long)]
     pub read_only: bool,
+    /// Do not keep modes, owners and mtimes in object metadata, nor read them back: every file
+    /// shows the --file-mode/--dir-mode defaults and its Last-Modified time, `ls -l` of a new
+    /// directory needs no request per file, and symbolic links cannot be created.
+    #[arg(long)]
+    pub no_metadata: bool,
     /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf).
     #[arg(long)]
     pub allow_other: bool,
-    /// Owner shown for every file [default: the mounting user].
+    /// Owner of files that record none [default: the mounting user].
     #[arg(long)]
     pub uid: Option<u32>,
-    /// Group shown for every file [default: the mounting user's group].
+    /// Group of files that record none [default: the mounting user's group].
     #[arg(long)]
     pub gid: Option<u32>,
-    /// Permission bits of files, in octal.
+    /// Permission bits of files that record none, in octal.
     #[arg(long, default_value = "644", value_parser = parse_mode)]
     pub file_mode: u16,
-    /// Permission bits of directories, in octal.
+    /// Permission bits of directories that record none, in octal.
     #[arg(long, default_value = "755", value_parser = parse_mode)]
     pub dir_mode: u16,
     /// Seconds attributes and names are trusted before asking the server again (0: always ask).

@@ -4,9 +4,10 @@
 
 use std::ffi::OsStr;
 use std::future::Future;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -17,7 +18,7 @@ use fuser::{
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
-use crate::fs::{Attr, Fs, FsError, Kind, Level, OpenMode};
+use crate::fs::{Attr, Fs, FsError, Kind, Level, MetaChange, OpenMode};
 
 /// Largest read and write the kernel sends in one request: fewer round trips per MiB.
 const MAX_IO_SIZE: u32 = 1024 * 1024;
@@ -130,6 +131,7 @@ fn file_type(kind: Kind) -> FileType {
     match kind {
         Kind::Dir => FileType::Directory,
         Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
     }
 }
 
@@ -210,12 +212,13 @@ impl Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
+        // Access times are not kept (the mount is noatime).
         _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -228,7 +231,18 @@ impl Filesystem for FuseAdapter {
         self.spawn(
             "setattr",
             reply,
-            move |fs| async move { fs.setattr(ino.0, size).await },
+            move |fs| async move {
+                let change = MetaChange {
+                    mode,
+                    uid,
+                    gid,
+                    mtime: mtime.map(|t| match t {
+                        TimeOrNow::SpecificTime(t) => t,
+                        TimeOrNow::Now => SystemTime::now(),
+                    }),
+                };
+                fs.setattr(ino.0, size, change).await
+            },
             move |reply, attr| reply.attr(&ttl, &file_attr(&attr)),
         );
     }
@@ -236,16 +250,17 @@ impl Filesystem for FuseAdapter {
     fn mknod(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
+        parent: INodeNo,
+        name: &OsStr,
         mode: u32,
         _umask: u32,
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        // Regular files come through create(); devices, fifos and sockets cannot live in S3.
-        let _ = mode;
-        reply.error(Errno::from_i32(FsError::Unsupported("mknod").errno()));
+        let (fs, name) = (self.fs.clone(), name.to_owned());
+        self.entry("mknod", reply, async move {
+            fs.mknod(parent.0, &name_of(&name)?, mode).await
+        });
     }
 
     fn mkdir(
@@ -253,13 +268,13 @@ impl Filesystem for FuseAdapter {
         _req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
+        mode: u32,
         _umask: u32,
         reply: ReplyEntry,
     ) {
         let (fs, name) = (self.fs.clone(), name.to_owned());
         self.entry("mkdir", reply, async move {
-            fs.mkdir(parent.0, &name_of(&name)?).await
+            fs.mkdir(parent.0, &name_of(&name)?, mode).await
         });
     }
 
@@ -286,12 +301,25 @@ impl Filesystem for FuseAdapter {
     fn symlink(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &Path,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::from_i32(FsError::Unsupported("symlink").errno()));
+        let (fs, name) = (self.fs.clone(), link_name.to_owned());
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.entry("symlink", reply, async move {
+            fs.symlink(parent.0, &name_of(&name)?, &target).await
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.spawn(
+            "readlink",
+            reply,
+            move |fs| async move { fs.readlink(ino.0).await },
+            |reply, target| reply.data(&target),
+        );
     }
 
     fn rename(
@@ -325,7 +353,9 @@ impl Filesystem for FuseAdapter {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::from_i32(FsError::Unsupported("hard links").errno()));
+        reply.error(Errno::from_i32(
+            FsError::NotPermitted("hard links cannot be stored as objects").errno(),
+        ));
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -496,15 +526,17 @@ impl Filesystem for FuseAdapter {
         for (index, entry) in entries.iter().enumerate().skip(offset as usize) {
             // The kernel takes a reference for every entry but `.` and `..`.
             let dot = entry.name == "." || entry.name == "..";
-            let Some(attr) = self.fs.listed_attr(entry.ino) else {
+            let Some((attr, complete)) = self.fs.listed_attr(entry.ino) else {
                 continue;
             };
+            // Incomplete attributes are not cached: the kernel looks the entry up when used.
+            let entry_ttl = if complete { ttl } else { Duration::ZERO };
             let next = index as u64 + 1;
             if reply.add(
                 INodeNo(entry.ino),
                 next,
                 &entry.name,
-                &ttl,
+                &entry_ttl,
                 &file_attr(&attr),
                 Generation(0),
             ) {
@@ -587,7 +619,7 @@ impl Filesystem for FuseAdapter {
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
+        mode: u32,
         _umask: u32,
         _flags: i32,
         reply: ReplyCreate,
@@ -599,7 +631,7 @@ impl Filesystem for FuseAdapter {
             "create",
             reply,
             move |fs| async move {
-                let (attr, fh) = fs.create(parent.0, &name_of(&name)?).await?;
+                let (attr, fh) = fs.create(parent.0, &name_of(&name)?, mode).await?;
                 if let Some(process) = process {
                     fs.set_opener(fh, process);
                 }

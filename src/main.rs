@@ -111,6 +111,7 @@ fn fs_config(options: &MountOptions, bucket: &str, prefix: String) -> anyhow::Re
         attr_ttl: Duration::from_secs_f64(options.attr_ttl),
         cache_dir: options.cache_dir.clone().unwrap_or_else(default_cache_dir),
         read_only: options.read_only,
+        metadata: !options.no_metadata,
         upload: default_upload(),
         cache_memory: options.cache_memory_mib * 1024 * 1024,
         cache_disk: options.cache_disk_mib * 1024 * 1024,

@@ -21,7 +21,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::store::{CompletedPart, ObjectStore, StoreError};
+use crate::store::{CompletedPart, ObjectStore, StoreError, UserMeta};
 
 /// S3 never takes more than this many parts in one upload.
 pub const MAX_PARTS: u32 = 10_000;
@@ -129,6 +129,8 @@ impl PartState {
 struct State {
     /// The multipart upload in progress: key and upload id.
     upload: Option<(String, String)>,
+    /// The metadata that upload was started with: the object gets it on completion.
+    upload_meta: UserMeta,
     parts: BTreeMap<u32, PartState>,
     /// The first background failure; `finish` reports it.
     failed: Option<StoreError>,
@@ -145,6 +147,16 @@ pub struct Writeback {
     file: Arc<File>,
     state: Arc<Mutex<State>>,
     background: std::sync::Mutex<JoinSet<()>>,
+    /// Metadata for the object, as of now; an upload takes it when it starts.
+    meta: std::sync::Mutex<UserMeta>,
+}
+
+/// A finished upload: the object's ETag when reliable, and the metadata it was given, which
+/// can be older than the file's current metadata when a multipart upload started early.
+#[derive(Debug)]
+pub struct Finished {
+    pub etag: Option<String>,
+    pub meta: UserMeta,
 }
 
 impl Writeback {
@@ -162,7 +174,17 @@ impl Writeback {
             file,
             state: Arc::new(Mutex::new(State::default())),
             background: std::sync::Mutex::new(JoinSet::new()),
+            meta: std::sync::Mutex::new(UserMeta::new()),
         }
+    }
+
+    /// The metadata the next upload starts with.
+    pub fn set_meta(&self, meta: UserMeta) {
+        *self.meta.lock().unwrap_or_else(|e| e.into_inner()) = meta;
+    }
+
+    pub fn meta(&self) -> UserMeta {
+        self.meta.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn max_size(&self) -> u64 {
@@ -194,8 +216,12 @@ impl Writeback {
             return;
         }
         if state.upload.is_none() {
-            match self.store.create_multipart(key).await {
-                Ok(id) => state.upload = Some((key.to_string(), id)),
+            let meta = self.meta();
+            match self.store.create_multipart(key, &meta).await {
+                Ok(id) => {
+                    state.upload = Some((key.to_string(), id));
+                    state.upload_meta = meta;
+                }
                 Err(e) => {
                     state.failed = Some(e);
                     return;
@@ -266,14 +292,9 @@ impl Writeback {
         while set.join_next().await.is_some() {}
     }
 
-    /// Make the first `size` bytes, as of generation `gen`, the object `key`. Returns the
-    /// new ETag when it is reliable (single PUTs). On failure nothing is left half-done on the server.
-    pub async fn finish(
-        &self,
-        key: &str,
-        size: u64,
-        gen: u64,
-    ) -> Result<Option<String>, UploadError> {
+    /// Make the first `size` bytes, as of generation `gen`, the object `key`. On failure
+    /// nothing is left half-done on the server.
+    pub async fn finish(&self, key: &str, size: u64, gen: u64) -> Result<Finished, UploadError> {
         if size > self.layout.max_size() {
             return Err(UploadError::TooLarge {
                 size,
@@ -301,7 +322,7 @@ impl Writeback {
         key: &str,
         size: u64,
         gen: u64,
-    ) -> Result<Option<String>, UploadError> {
+    ) -> Result<Finished, UploadError> {
         if let Some(e) = state.failed.take() {
             return Err(e.into());
         }
@@ -314,11 +335,15 @@ impl Writeback {
         }
         if state.upload.is_none() && size <= self.layout.start(2) {
             let body = read_range(self.file.clone(), 0, size).await?;
-            return Ok(self.store.put(key, body).await?);
+            let meta = self.meta();
+            let etag = self.store.put(key, body, &meta).await?;
+            return Ok(Finished { etag, meta });
         }
         if state.upload.is_none() {
-            let id = self.store.create_multipart(key).await?;
+            let meta = self.meta();
+            let id = self.store.create_multipart(key, &meta).await?;
             state.upload = Some((key.to_string(), id));
+            state.upload_meta = meta;
         }
         let (_, upload_id) = state.upload.clone().expect("created above");
         let count = self.layout.count(size);
@@ -360,7 +385,10 @@ impl Writeback {
             .await?;
         // The ETag a completion reports is not always the one GET and HEAD report later
         // (servers differ in how they compute it), so readers learn it from their first GET.
-        Ok(None)
+        Ok(Finished {
+            etag: None,
+            meta: std::mem::take(&mut state.upload_meta),
+        })
     }
 
     /// Give up: abort any multipart upload in progress (the file was deleted).

@@ -48,6 +48,7 @@ pub async fn list_dir(
                 size: 0,
                 mtime: dir_mtime,
                 etag: None,
+                meta: None,
             };
             if let Some(file) = entries.insert(name.to_string(), dir) {
                 if file.kind == Kind::File {
@@ -74,6 +75,7 @@ pub async fn list_dir(
                 size: object.size,
                 mtime: object.last_modified.unwrap_or(dir_mtime),
                 etag: object.etag,
+                meta: None,
             };
             entries.insert(name.to_string(), file);
         }

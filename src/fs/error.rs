@@ -24,6 +24,10 @@ pub enum FsError {
     ReadOnly,
     #[error("{0} is not supported")]
     Unsupported(&'static str),
+    /// What the filesystem cannot create at all (hard links, devices): EPERM, as link(2) and
+    /// mknod(2) document for a filesystem without them.
+    #[error("{0}")]
+    NotPermitted(&'static str),
     #[error("invalid argument: {0}")]
     Invalid(&'static str),
     #[error("the object changed on the server while it was open")]
@@ -69,6 +73,7 @@ impl FsError {
             FsError::ReadOnly => libc::EROFS,
             // ENOTSUP, not ENOSYS: the kernel takes ENOSYS as "never ask again" for some requests.
             FsError::Unsupported(_) => libc::ENOTSUP,
+            FsError::NotPermitted(_) => libc::EPERM,
             FsError::Invalid(_) => libc::EINVAL,
             // EIO rather than ESTALE: tools report ESTALE as an NFS problem, which misleads.
             FsError::Stale => libc::EIO,
@@ -88,6 +93,7 @@ impl FsError {
             | FsError::Exists
             | FsError::ReadOnly
             | FsError::Unsupported(_)
+            | FsError::NotPermitted(_)
             | FsError::Invalid(_) => Level::Debug,
             FsError::Store(StoreError::NotFound { .. }) => Level::Debug,
             FsError::Fetch(FetchError::Store(e)) if matches!(**e, StoreError::NotFound { .. }) => {

@@ -7,12 +7,15 @@
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime};
 
+use super::meta::PosixMeta;
+
 pub const ROOT_INO: u64 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     File,
     Dir,
+    Symlink,
 }
 
 /// What the filesystem knows about one path.
@@ -23,8 +26,13 @@ pub struct Node {
     pub size: u64,
     pub mtime: SystemTime,
     pub etag: Option<String>,
+    /// Modes, owners and times the object records; see `meta_until` for how far to trust it.
+    pub meta: PosixMeta,
     /// Attributes are trusted until then; afterwards the server is asked again.
     pub valid_until: Instant,
+    /// `meta` is trusted until then. A listing refreshes the other attributes but carries no
+    /// metadata, so this can lag behind `valid_until`.
+    pub meta_until: Instant,
     /// ETag at the last read-only open: if it is unchanged at the next open, the kernel may
     /// keep the pages it cached.
     pub opened_etag: Option<String>,
@@ -39,6 +47,9 @@ pub struct Observed {
     pub size: u64,
     pub mtime: SystemTime,
     pub etag: Option<String>,
+    /// The object's metadata, when this observation read it (a HEAD, or our own write);
+    /// `None` from a listing.
+    pub meta: Option<PosixMeta>,
 }
 
 #[derive(Debug)]
@@ -56,8 +67,10 @@ impl InodeTable {
             size: 0,
             mtime: root_mtime,
             etag: None,
+            meta: PosixMeta::default(),
             // The root always exists; its attributes never need the server.
             valid_until: Instant::now() + std::time::Duration::from_secs(u32::MAX as u64),
+            meta_until: Instant::now() + std::time::Duration::from_secs(u32::MAX as u64),
             opened_etag: None,
             lookups: 1,
         };
@@ -81,14 +94,28 @@ impl InodeTable {
     }
 
     /// Record what was observed at `path` and return its inode number.
-    pub fn observe(&mut self, path: &str, seen: Observed, valid_until: Instant) -> u64 {
+    pub fn observe(&mut self, path: &str, mut seen: Observed, valid_until: Instant) -> u64 {
         if let Some(ino) = self.ino_of(path) {
             if let Some(node) = self.nodes.get_mut(&ino) {
+                // A listing shows a symbolic link as a plain object: while its ETag is the
+                // same, it is still the link it was.
+                if seen.meta.is_none()
+                    && seen.kind == Kind::File
+                    && node.kind == Kind::Symlink
+                    && seen.etag.is_some()
+                    && seen.etag == node.etag
+                {
+                    seen.kind = Kind::Symlink;
+                }
                 if node.kind == seen.kind {
                     node.size = seen.size;
                     node.mtime = seen.mtime;
                     node.etag = seen.etag;
                     node.valid_until = valid_until;
+                    if let Some(meta) = seen.meta {
+                        node.meta = meta;
+                        node.meta_until = valid_until;
+                    }
                     return ino;
                 }
             }
@@ -103,6 +130,12 @@ impl InodeTable {
                 size: seen.size,
                 mtime: seen.mtime,
                 etag: seen.etag,
+                meta_until: if seen.meta.is_some() {
+                    valid_until
+                } else {
+                    Instant::now()
+                },
+                meta: seen.meta.unwrap_or_default(),
                 valid_until,
                 opened_etag: None,
                 lookups: 0,
@@ -147,6 +180,7 @@ impl InodeTable {
     pub fn invalidate(&mut self, path: &str) {
         if let Some(node) = self.ino_of(path).and_then(|i| self.nodes.get_mut(&i)) {
             node.valid_until = Instant::now();
+            node.meta_until = node.valid_until;
         }
     }
 
@@ -210,6 +244,7 @@ mod tests {
             size,
             mtime: SystemTime::UNIX_EPOCH,
             etag: None,
+            meta: None,
         }
     }
 
@@ -225,6 +260,38 @@ mod tests {
             ..file(0)
         };
         assert_ne!(t.observe("a", dir, later), a);
+    }
+
+    #[test]
+    fn a_listing_keeps_a_known_symlink_and_its_metadata() {
+        let mut t = InodeTable::new(SystemTime::UNIX_EPOCH);
+        let later = Instant::now() + Duration::from_secs(60);
+        let meta = PosixMeta {
+            mode: Some(super::super::meta::S_IFLNK | 0o777),
+            ..Default::default()
+        };
+        let link = Observed {
+            kind: Kind::Symlink,
+            etag: Some("e1".into()),
+            meta: Some(meta),
+            ..file(3)
+        };
+        let ino = t.observe("l", link, later);
+        let listed = Observed {
+            etag: Some("e1".into()),
+            ..file(3)
+        };
+        assert_eq!(t.observe("l", listed.clone(), later), ino);
+        assert_eq!(t.get(ino).unwrap().meta, meta);
+        let changed = Observed {
+            etag: Some("e2".into()),
+            ..listed
+        };
+        assert_ne!(
+            t.observe("l", changed, later),
+            ino,
+            "a new object, a new file"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 mod dir;
 pub mod error;
 pub mod inode;
+pub mod meta;
 mod open_file;
 mod reader;
 
@@ -22,13 +23,15 @@ use futures::{StreamExt, TryStreamExt};
 pub use error::{FsError, FsResult, Level};
 pub use inode::Kind;
 use inode::{child_path, parent_path, InodeTable, Node, Observed, ROOT_INO};
+pub use meta::MetaChange;
+use meta::{PosixMeta, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use open_file::{save_recovery_copy, FailedUpload, OpenFile, Staging, Uploads};
 use reader::Reader;
 
 use crate::cache::disk::DiskTier;
 use crate::cache::BlockCache;
 use crate::names::{check_new_name, first_refused_char, is_listable, FOLDER_PLACEHOLDER};
-use crate::store::{ObjectStore, StoreError};
+use crate::store::{ObjectStore, StoreError, UserMeta};
 use crate::upload::{UploadConfig, UploadError};
 
 /// rename(2) flags as the kernel passes them: Linux names them NOREPLACE and EXCHANGE,
@@ -61,6 +64,8 @@ pub struct FsConfig {
     /// Holds `staging/` (files being written) and `recovery/` (data of failed uploads).
     pub cache_dir: PathBuf,
     pub read_only: bool,
+    /// Keep modes, owners, mtimes and symbolic links in object metadata.
+    pub metadata: bool,
     pub upload: UploadConfig,
     /// Memory for cached object data, in bytes.
     pub cache_memory: u64,
@@ -177,6 +182,7 @@ impl Fs {
             store: store.clone(),
             permits: Arc::new(tokio::sync::Semaphore::new(cfg.upload.concurrency.max(1))),
             config: cfg.upload,
+            keep_meta: cfg.metadata,
         };
         let disk = match cfg.cache_disk {
             0 => None,
@@ -290,23 +296,33 @@ impl Fs {
     }
 
     fn attr_of(&self, ino: u64, node: &Node) -> Attr {
-        let staged_size = self
-            .open_file(ino)
-            .and_then(|o| o.staging())
-            .map(|s| s.size());
-        let (perm, size) = match node.kind {
+        let staging = self.open_file(ino).and_then(|o| o.staging());
+        let (meta, mtime, size) = match &staging {
+            Some(staging) => {
+                let (meta, written) = staging.meta();
+                (meta, meta.mtime.unwrap_or(written), staging.size())
+            }
+            None => (node.meta, node.meta.mtime.unwrap_or(node.mtime), node.size),
+        };
+        let (default_perm, size) = match node.kind {
             Kind::Dir => (self.cfg.dir_mode, 0),
-            Kind::File => (self.cfg.file_mode, staged_size.unwrap_or(node.size)),
+            Kind::File => (self.cfg.file_mode, size),
+            Kind::Symlink => (0o777, size),
         };
         Attr {
             ino,
             kind: node.kind,
             size,
-            mtime: node.mtime,
-            perm,
-            uid: self.cfg.uid,
-            gid: self.cfg.gid,
+            mtime,
+            perm: meta.perm().unwrap_or(default_perm),
+            uid: meta.uid.unwrap_or(self.cfg.uid),
+            gid: meta.gid.unwrap_or(self.cfg.gid),
         }
+    }
+
+    /// Whether the cached metadata of `node` can be shown without asking the server.
+    fn meta_fresh(&self, node: &Node) -> bool {
+        !self.cfg.metadata || node.meta_until > Instant::now()
     }
 
     fn open_file(&self, ino: u64) -> Option<Arc<OpenFile>> {
@@ -367,16 +383,44 @@ impl Fs {
                 size: 0,
                 mtime: self.mounted_at,
                 etag: None,
+                meta: self.dir_meta(&under).await?,
             }));
         }
         match head {
-            Ok(info) => Ok(Some(Observed {
-                kind: Kind::File,
-                size: info.size,
-                mtime: info.last_modified.unwrap_or(self.mounted_at),
-                etag: info.etag,
-            })),
+            Ok(info) => Ok(Some(self.observed_object(info))),
             Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// What a HEAD says about an object: a file, or a symbolic link if its metadata says so.
+    fn observed_object(&self, info: crate::store::ObjectInfo) -> Observed {
+        let meta = self
+            .cfg
+            .metadata
+            .then(|| PosixMeta::from_user_meta(&info.metadata));
+        let link = meta.is_some_and(|m| m.is_symlink());
+        Observed {
+            kind: if link { Kind::Symlink } else { Kind::File },
+            size: info.size,
+            mtime: info.last_modified.unwrap_or(self.mounted_at),
+            etag: info.etag,
+            meta,
+        }
+    }
+
+    /// A directory's metadata lives on its placeholder object, when it has one.
+    async fn dir_meta(&self, prefix: &str) -> FsResult<Option<PosixMeta>> {
+        if !self.cfg.metadata {
+            return Ok(None);
+        }
+        match self
+            .store
+            .head(&format!("{prefix}{FOLDER_PLACEHOLDER}"))
+            .await
+        {
+            Ok(info) => Ok(Some(PosixMeta::from_user_meta(&info.metadata))),
+            Err(StoreError::NotFound { .. }) => Ok(Some(PosixMeta::default())),
             Err(e) => Err(e.into()),
         }
     }
@@ -390,8 +434,17 @@ impl Fs {
                 .and_then(|ino| inodes.get(ino).map(|n| (ino, n.clone())))
         };
         if let Some((ino, node)) = cached {
-            if node.valid_until > Instant::now() || self.is_staged(ino) {
+            let fresh = node.valid_until > Instant::now();
+            if self.is_staged(ino) || (fresh && self.meta_fresh(&node)) {
                 return Ok(Some(self.attr_of(ino, &node)));
+            }
+            if fresh && node.kind != Kind::Dir {
+                // Listed moments ago as an object: only its metadata is missing.
+                match self.store.head(&self.key(path)).await {
+                    Ok(info) => return Ok(Some(self.observe(path, self.observed_object(info)))),
+                    Err(StoreError::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         match self.resolve(path).await? {
@@ -438,8 +491,10 @@ impl Fs {
         Ok(attr)
     }
 
-    /// Change the size (truncate); modes, owners and times are accepted and not kept.
-    pub async fn setattr(&self, ino: u64, size: Option<u64>) -> FsResult<Attr> {
+    /// Truncate, and change modes, owners and the mtime. Those are kept in the object's
+    /// metadata (a directory's on its placeholder) and changed in place on the server, without
+    /// sending the data again; with metadata off they are accepted and not kept.
+    pub async fn setattr(&self, ino: u64, size: Option<u64>, change: MetaChange) -> FsResult<Attr> {
         if let Some(size) = size {
             self.check_writable()?;
             if self.node(ino)?.kind == Kind::Dir {
@@ -450,7 +505,67 @@ impl Fs {
                 None => self.truncate_closed(ino, size).await?,
             }
         }
+        if !change.is_empty() {
+            self.check_writable()?;
+            self.change_meta(ino, &change).await?;
+        }
         self.getattr(ino).await
+    }
+
+    async fn change_meta(&self, ino: u64, change: &MetaChange) -> FsResult<()> {
+        if !self.cfg.metadata {
+            return Ok(());
+        }
+        let node = self.node(ino)?;
+        let file_type = match node.kind {
+            Kind::File => S_IFREG,
+            Kind::Dir => S_IFDIR,
+            Kind::Symlink => S_IFLNK,
+        };
+        if let Some(open) = self.open_file(ino) {
+            if let Some(staging) = open.staging() {
+                let _upload = open.upload.lock().await;
+                let (mut meta, _) = staging.meta();
+                meta.apply(change, file_type);
+                staging.set_meta(meta);
+                if staging.is_dirty() {
+                    // The upload at close carries it.
+                    return Ok(());
+                }
+            }
+        }
+        if ino == ROOT_INO {
+            // The mount's root has no object to keep it in: it holds for this mount only.
+            if let Some(root) = lock(&self.inodes).get_mut(ino) {
+                root.meta.apply(change, file_type);
+            }
+            return Ok(());
+        }
+        // Apply the change to what the object records now, not to a listing's guess.
+        let attr = self.stat_path(&node.path).await?.ok_or(FsError::NotFound)?;
+        let mut meta = self.node(attr.ino)?.meta;
+        meta.apply(change, file_type);
+        let stored = meta.to_user_meta();
+        if node.kind == Kind::Dir {
+            let placeholder = format!("{}{FOLDER_PLACEHOLDER}", self.dir_prefix(&node.path));
+            match self.store.replace_metadata(&placeholder, &stored).await {
+                // A directory that exists only through the keys below it gets a placeholder.
+                Err(StoreError::NotFound { .. }) => {
+                    self.store.put(&placeholder, Bytes::new(), &stored).await?;
+                }
+                other => other?,
+            }
+        } else {
+            self.store
+                .replace_metadata(&self.key(&node.path), &stored)
+                .await?;
+        }
+        let until = self.fresh_until();
+        if let Some(node) = lock(&self.inodes).get_mut(attr.ino) {
+            node.meta = meta;
+            node.meta_until = until;
+        }
+        Ok(())
     }
 
     /// `truncate -s` on a file nobody has open: stage, change, upload, close.
@@ -478,7 +593,19 @@ impl Fs {
         result.and(released)
     }
 
-    pub async fn mkdir(&self, parent: u64, name: &str) -> FsResult<Attr> {
+    /// The metadata a new object of `file_type` gets, and what is sent for it.
+    fn new_meta(&self, file_type: u32, mode: u32) -> (Option<PosixMeta>, UserMeta) {
+        if !self.cfg.metadata {
+            return (None, UserMeta::new());
+        }
+        let meta = PosixMeta {
+            mode: Some(file_type | (mode & meta::PERM_BITS)),
+            ..Default::default()
+        };
+        (Some(meta), meta.to_user_meta())
+    }
+
+    pub async fn mkdir(&self, parent: u64, name: &str, mode: u32) -> FsResult<Attr> {
         self.check_writable()?;
         self.check_name(name)?;
         let dir = self.dir_path(parent)?;
@@ -487,7 +614,8 @@ impl Fs {
             return Err(FsError::Exists);
         }
         let placeholder = format!("{}/{FOLDER_PLACEHOLDER}", self.key(&path));
-        self.store.put(&placeholder, Bytes::new()).await?;
+        let (meta, stored) = self.new_meta(S_IFDIR, mode);
+        self.store.put(&placeholder, Bytes::new(), &stored).await?;
         let attr = self.observe(
             &path,
             Observed {
@@ -495,6 +623,7 @@ impl Fs {
                 size: 0,
                 mtime: SystemTime::now(),
                 etag: None,
+                meta,
             },
         );
         lock(&self.inodes).add_lookup(attr.ino);
@@ -583,7 +712,21 @@ impl Fs {
             self.upload_staged(&open, true).await?;
         }
         let (from_key, to_key) = (self.key(&from), self.key(&to));
-        self.store.copy(&from_key, &to_key).await?;
+        // A rename keeps the mtime; one the object does not record yet is its Last-Modified,
+        // which the copy would change.
+        let keep_mtime = match self.node(source.ino) {
+            Ok(node) if self.cfg.metadata && node.meta.mtime.is_none() => Some(
+                PosixMeta {
+                    mtime: Some(node.mtime),
+                    ..node.meta
+                }
+                .to_user_meta(),
+            ),
+            _ => None,
+        };
+        self.store
+            .copy(&from_key, &to_key, keep_mtime.as_ref())
+            .await?;
         self.store.delete(&from_key).await?;
         let mut inodes = lock(&self.inodes);
         inodes.rename(&from, &to);
@@ -633,7 +776,7 @@ impl Fs {
             .map(|key| {
                 let target = format!("{to_prefix}{}", &key[from_prefix.len()..]);
                 async move {
-                    self.store.copy(&key, &target).await?;
+                    self.store.copy(&key, &target, None).await?;
                     self.store.delete(&key).await
                 }
             })
@@ -764,10 +907,13 @@ impl Fs {
     }
 
     /// Attributes of a listed entry as the listing left them, without asking the server
-    /// (readdirplus).
-    pub fn listed_attr(&self, ino: u64) -> Option<Attr> {
+    /// (readdirplus), and whether they are complete. A listing carries no metadata, so with
+    /// metadata kept an entry is complete only if its metadata was read recently; the kernel
+    /// should then not cache the others, and look them up when it needs them.
+    pub fn listed_attr(&self, ino: u64) -> Option<(Attr, bool)> {
         let node = lock(&self.inodes).get(ino).cloned()?;
-        Some(self.attr_of(ino, &node))
+        let complete = self.meta_fresh(&node) || self.is_staged(ino);
+        Some((self.attr_of(ino, &node), complete))
     }
 
     /// The kernel took a reference to `ino` without a lookup (a readdirplus entry).
@@ -795,7 +941,7 @@ impl Fs {
     // ----- files -----
 
     /// Create and open a new, empty file; it reaches the server when first flushed.
-    pub async fn create(&self, parent: u64, name: &str) -> FsResult<(Attr, u64)> {
+    pub async fn create(&self, parent: u64, name: &str, mode: u32) -> FsResult<(Attr, u64)> {
         self.check_writable()?;
         self.check_name(name)?;
         let path = child_path(&self.dir_path(parent)?, name);
@@ -806,6 +952,7 @@ impl Fs {
                 size: 0,
                 mtime: SystemTime::now(),
                 etag: None,
+                meta: Some(self.new_meta(S_IFREG, mode).0.unwrap_or_default()),
             },
         );
         let fh = self
@@ -819,6 +966,87 @@ impl Fs {
             .await?;
         lock(&self.inodes).add_lookup(attr.ino);
         Ok((attr, fh))
+    }
+
+    /// A symbolic link: an object holding the target, marked as a link by its metadata, so
+    /// that other clients see the target as the content. Needs metadata.
+    pub async fn symlink(&self, parent: u64, name: &str, target: &[u8]) -> FsResult<Attr> {
+        self.check_writable()?;
+        if !self.cfg.metadata {
+            return Err(FsError::NotPermitted(
+                "symbolic links need object metadata, which this mount does not keep",
+            ));
+        }
+        self.check_name(name)?;
+        let path = child_path(&self.dir_path(parent)?, name);
+        if self.stat_path(&path).await?.is_some() {
+            return Err(FsError::Exists);
+        }
+        let (meta, stored) = self.new_meta(S_IFLNK, 0o777);
+        let etag = self
+            .store
+            .put(&self.key(&path), Bytes::copy_from_slice(target), &stored)
+            .await?;
+        let attr = self.observe(
+            &path,
+            Observed {
+                kind: Kind::Symlink,
+                size: target.len() as u64,
+                mtime: SystemTime::now(),
+                etag,
+                meta,
+            },
+        );
+        lock(&self.inodes).add_lookup(attr.ino);
+        Ok(attr)
+    }
+
+    pub async fn readlink(&self, ino: u64) -> FsResult<Bytes> {
+        let node = self.node(ino)?;
+        if node.kind != Kind::Symlink {
+            return Err(FsError::Invalid("not a symbolic link"));
+        }
+        if node.size == 0 {
+            return Ok(Bytes::new());
+        }
+        let got = self
+            .store
+            .get_range(&self.key(&node.path), 0, node.size)
+            .await?;
+        Ok(got.data)
+    }
+
+    /// mknod: regular files only (an empty object); devices, fifos and sockets cannot be
+    /// objects.
+    pub async fn mknod(&self, parent: u64, name: &str, mode: u32) -> FsResult<Attr> {
+        if mode & S_IFMT != S_IFREG && mode & S_IFMT != 0 {
+            return Err(FsError::NotPermitted(
+                "only regular files can be created with mknod here",
+            ));
+        }
+        self.check_writable()?;
+        self.check_name(name)?;
+        let path = child_path(&self.dir_path(parent)?, name);
+        if self.stat_path(&path).await?.is_some() {
+            return Err(FsError::Exists);
+        }
+        let (meta, stored) = self.new_meta(S_IFREG, mode);
+        let etag = self
+            .store
+            .put(&self.key(&path), Bytes::new(), &stored)
+            .await?;
+        let attr = self.observe(
+            &path,
+            Observed {
+                kind: Kind::File,
+                size: 0,
+                mtime: SystemTime::now(),
+                etag,
+                meta,
+            },
+        );
+        lock(&self.inodes).add_lookup(attr.ino);
+        Ok(attr)
     }
 
     pub async fn open(&self, ino: u64, mode: OpenMode) -> FsResult<u64> {
@@ -839,12 +1067,21 @@ impl Fs {
     }
 
     async fn open_handle(&self, ino: u64, mode: OpenMode) -> FsResult<u64> {
-        let node = self.node(ino)?;
-        if node.kind == Kind::Dir {
-            return Err(FsError::IsDir);
+        let mut node = self.node(ino)?;
+        match node.kind {
+            Kind::Dir => return Err(FsError::IsDir),
+            // The kernel follows links itself; only O_PATH-like opens could get here.
+            Kind::Symlink => return Err(FsError::Invalid("a symbolic link cannot be opened")),
+            Kind::File => {}
         }
         if mode.write {
             self.check_writable()?;
+            let on_server = node.etag.is_some();
+            if on_server && !self.meta_fresh(&node) && !self.is_staged(ino) {
+                // The upload will carry the metadata: start from what the object has now.
+                self.stat_path(&node.path).await?;
+                node = self.node(ino)?;
+            }
         }
         let open = {
             let mut open_files = lock(&self.open_files);
@@ -891,6 +1128,11 @@ impl Fs {
         );
         let staging =
             Staging::create(self.cfg.cache_dir.join("staging").join(name), &self.uploads)?;
+        let mut meta = node.meta;
+        if truncate {
+            meta.mtime = None;
+        }
+        staging.set_meta(meta);
         if truncate {
             staging.mark_dirty();
         } else if node.size > 0 {
@@ -1019,20 +1261,29 @@ impl Fs {
         let size = staging.size();
         let started = Instant::now();
         match staging.upload(&key, generation).await {
-            Ok(etag) => {
+            Ok(finished) => {
                 tracing::debug!(
                     key,
                     size,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "uploaded"
                 );
+                let (meta, _) = staging.meta();
+                if self.cfg.metadata && finished.meta != meta.to_user_meta() {
+                    // A multipart upload takes its metadata when it starts; a chmod or
+                    // utimens came later.
+                    self.store
+                        .replace_metadata(&key, &meta.to_user_meta())
+                        .await?;
+                }
                 self.observe(
                     &path,
                     Observed {
                         kind: Kind::File,
                         size,
                         mtime: SystemTime::now(),
-                        etag,
+                        etag: finished.etag,
+                        meta: self.cfg.metadata.then_some(meta),
                     },
                 );
                 if let Some(old) = failed.take() {

@@ -12,13 +12,15 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use super::error::{FsError, FsResult};
+use super::meta::PosixMeta;
 use crate::store::ObjectStore;
-use crate::upload::{UploadConfig, UploadError, Writeback};
+use crate::upload::{Finished, UploadConfig, UploadError, Writeback};
 
 /// The local copy of a file being written.
 pub struct Staging {
@@ -31,6 +33,10 @@ pub struct Staging {
     size: AtomicU64,
     write_gen: AtomicU64,
     uploaded_gen: AtomicU64,
+    /// Modes, owners and an explicit mtime for the object, and when it was last written.
+    meta: Mutex<(PosixMeta, SystemTime)>,
+    /// Whether uploads carry `meta` (the mount keeps metadata).
+    keep_meta: bool,
 }
 
 impl Staging {
@@ -58,7 +64,39 @@ impl Staging {
             size: AtomicU64::new(0),
             write_gen: AtomicU64::new(0),
             uploaded_gen: AtomicU64::new(0),
+            meta: Mutex::new((PosixMeta::default(), SystemTime::now())),
+            keep_meta: uploads.keep_meta,
         })
+    }
+
+    /// The metadata the object should have, and the time of the last write.
+    pub fn meta(&self) -> (PosixMeta, SystemTime) {
+        *self.meta.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The metadata the next upload gives the object.
+    pub fn set_meta(&self, meta: PosixMeta) {
+        self.meta.lock().unwrap_or_else(|e| e.into_inner()).0 = meta;
+        self.publish_meta(meta);
+    }
+
+    fn publish_meta(&self, meta: PosixMeta) {
+        if self.keep_meta {
+            self.writeback.set_meta(meta.to_user_meta());
+        }
+    }
+
+    /// New data: an mtime set earlier no longer holds; the upload's time becomes the mtime.
+    fn touched(&self) {
+        let meta = {
+            let mut guard = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+            guard.1 = SystemTime::now();
+            if guard.0.mtime.take().is_none() {
+                return;
+            }
+            guard.0
+        };
+        self.publish_meta(meta);
     }
 
     pub fn path(&self) -> &Path {
@@ -79,7 +117,7 @@ impl Staging {
     }
 
     /// Send everything up to `generation` to the server as `key`.
-    pub async fn upload(&self, key: &str, generation: u64) -> Result<Option<String>, UploadError> {
+    pub async fn upload(&self, key: &str, generation: u64) -> Result<Finished, UploadError> {
         let write_error = *self.write_error.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(errno) = write_error {
             self.writeback.abandon().await;
@@ -87,9 +125,9 @@ impl Staging {
                 errno,
             )));
         }
-        let etag = self.writeback.finish(key, self.size(), generation).await?;
+        let finished = self.writeback.finish(key, self.size(), generation).await?;
         self.mark_uploaded(generation);
-        Ok(etag)
+        Ok(finished)
     }
 
     /// The file is gone: nothing more goes to the server.
@@ -116,6 +154,7 @@ impl Staging {
             return Err(e);
         }
         self.size.fetch_max(offset + len, Ordering::AcqRel);
+        self.touched();
         let generation = self.write_gen.fetch_add(1, Ordering::AcqRel) + 1;
         self.writeback
             .wrote(key, offset, offset + len, generation)
@@ -158,6 +197,7 @@ impl Staging {
         let file = self.file.clone();
         run_blocking(&self.path, move || file.set_len(size)).await?;
         self.size.store(size, Ordering::Release);
+        self.touched();
         let generation = self.write_gen.fetch_add(1, Ordering::AcqRel) + 1;
         self.writeback.truncated(size, generation).await;
         Ok(())
@@ -199,6 +239,8 @@ pub struct Uploads {
     /// Bounds the parts in flight across the mount (each holds one part in memory).
     pub permits: Arc<Semaphore>,
     pub config: UploadConfig,
+    /// Uploads carry the file's modes, owners and times as object metadata.
+    pub keep_meta: bool,
 }
 
 /// An upload that failed, and where its data was kept.
@@ -280,6 +322,7 @@ mod tests {
             store: Arc::new(crate::store::memory::MemoryStore::new()),
             permits: Arc::new(Semaphore::new(2)),
             config: UploadConfig::default(),
+            keep_meta: true,
         }
     }
 

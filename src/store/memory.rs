@@ -12,7 +12,7 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 
 use super::{
-    CompletedPart, GetResult, ListPage, ObjectInfo, ObjectStore, StoreError, StoreResult,
+    CompletedPart, GetResult, ListPage, ObjectInfo, ObjectStore, StoreError, StoreResult, UserMeta,
     MAX_KEYS_PER_PAGE,
 };
 use crate::names::{first_refused_char, FOLDER_PLACEHOLDER};
@@ -29,6 +29,8 @@ pub enum Op {
     CompleteMultipart,
     AbortMultipart,
     Copy,
+    /// A copy onto the same key that replaces the metadata.
+    ReplaceMetadata,
     Delete,
 }
 
@@ -37,12 +39,14 @@ struct StoredObject {
     data: Bytes,
     etag: String,
     modified: SystemTime,
+    meta: UserMeta,
 }
 
 #[derive(Default)]
 struct State {
     objects: BTreeMap<String, StoredObject>,
-    uploads: HashMap<String, (String, BTreeMap<i32, Bytes>)>,
+    /// Upload id → key, metadata and parts.
+    uploads: HashMap<String, (String, UserMeta, BTreeMap<i32, Bytes>)>,
     /// Requests of a kind that fail before reaching the objects, counted down.
     failures: HashMap<Op, u32>,
     /// When set, every request fails as if the server were gone.
@@ -90,7 +94,14 @@ impl MemoryStore {
     /// Store an object directly, as another client would.
     pub fn insert(&self, key: &str, data: impl Into<Bytes>) {
         let data = data.into();
-        self.lock().objects.insert(key.to_string(), stored(data));
+        self.lock()
+            .objects
+            .insert(key.to_string(), stored(data, UserMeta::new()));
+    }
+
+    /// The user metadata stored with `key`, bypassing the request path.
+    pub fn metadata(&self, key: &str) -> Option<UserMeta> {
+        self.lock().objects.get(key).map(|o| o.meta.clone())
     }
 
     pub fn open_uploads(&self) -> usize {
@@ -131,20 +142,23 @@ fn etag_of(data: &[u8]) -> String {
     format!("\"{}\"", hex::encode(Md5::digest(data)))
 }
 
-fn stored(data: Bytes) -> StoredObject {
+fn stored(data: Bytes, meta: UserMeta) -> StoredObject {
     StoredObject {
         etag: etag_of(&data),
         data,
         modified: SystemTime::now(),
+        meta,
     }
 }
 
+/// What a listing says about an object: no metadata.
 fn info(key: &str, o: &StoredObject) -> ObjectInfo {
     ObjectInfo {
         key: key.to_string(),
         size: o.data.len() as u64,
         etag: Some(o.etag.clone()),
         last_modified: Some(o.modified),
+        metadata: UserMeta::new(),
     }
 }
 
@@ -250,7 +264,10 @@ impl ObjectStore for MemoryStore {
     async fn head(&self, key: &str) -> StoreResult<ObjectInfo> {
         let state = self.begin(Op::Head)?;
         let object = state.objects.get(key).ok_or_else(|| not_found(key))?;
-        Ok(info(key, object))
+        Ok(ObjectInfo {
+            metadata: object.meta.clone(),
+            ..info(key, object)
+        })
     }
 
     async fn get_range(&self, key: &str, start: u64, end: u64) -> StoreResult<GetResult> {
@@ -266,23 +283,25 @@ impl ObjectStore for MemoryStore {
         })
     }
 
-    async fn put(&self, key: &str, body: Bytes) -> StoreResult<Option<String>> {
+    async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<Option<String>> {
         let mut state = self.begin(Op::Put)?;
         let key = storage_key(key, &body)?;
-        let object = stored(body);
+        let object = stored(body, meta.clone());
         let etag = object.etag.clone();
         state.objects.insert(key, object);
         Ok(Some(etag))
     }
 
-    async fn create_multipart(&self, key: &str) -> StoreResult<String> {
+    async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
         let mut state = self.begin(Op::CreateMultipart)?;
         let key = storage_key(key, b"x")?;
         let id = format!(
             "upload-{}",
             self.next_upload.fetch_add(1, Ordering::Relaxed)
         );
-        state.uploads.insert(id.clone(), (key, BTreeMap::new()));
+        state
+            .uploads
+            .insert(id.clone(), (key, meta.clone(), BTreeMap::new()));
         Ok(id)
     }
 
@@ -294,7 +313,7 @@ impl ObjectStore for MemoryStore {
         body: Bytes,
     ) -> StoreResult<String> {
         let mut state = self.begin(Op::UploadPart)?;
-        let (_, parts) = state
+        let (_, _, parts) = state
             .uploads
             .get_mut(upload_id)
             .ok_or_else(|| not_found(upload_id))?;
@@ -310,7 +329,7 @@ impl ObjectStore for MemoryStore {
         parts: Vec<CompletedPart>,
     ) -> StoreResult<Option<String>> {
         let mut state = self.begin(Op::CompleteMultipart)?;
-        let (key, stored_parts) = state
+        let (key, meta, stored_parts) = state
             .uploads
             .remove(upload_id)
             .ok_or_else(|| not_found(upload_id))?;
@@ -325,7 +344,7 @@ impl ObjectStore for MemoryStore {
                 })?;
             data.extend_from_slice(body);
         }
-        let object = stored(Bytes::from(data));
+        let object = stored(Bytes::from(data), meta);
         let etag = object.etag.clone();
         state.objects.insert(key, object);
         Ok(Some(etag))
@@ -337,12 +356,21 @@ impl ObjectStore for MemoryStore {
         Ok(())
     }
 
-    async fn copy(&self, from: &str, to: &str) -> StoreResult<()> {
+    async fn copy(&self, from: &str, to: &str, replace: Option<&UserMeta>) -> StoreResult<()> {
         let mut state = self.begin(Op::Copy)?;
         let object = state.objects.get(from).ok_or_else(|| not_found(from))?;
-        let copy = stored(object.data.clone());
+        let meta = replace.cloned().unwrap_or_else(|| object.meta.clone());
+        let copy = stored(object.data.clone(), meta);
         let to = storage_key(to, b"x")?;
         state.objects.insert(to, copy);
+        Ok(())
+    }
+
+    async fn replace_metadata(&self, key: &str, meta: &UserMeta) -> StoreResult<()> {
+        let mut state = self.begin(Op::ReplaceMetadata)?;
+        let object = state.objects.get_mut(key).ok_or_else(|| not_found(key))?;
+        object.meta = meta.clone();
+        object.modified = SystemTime::now();
         Ok(())
     }
 
@@ -395,11 +423,20 @@ mod tests {
     #[tokio::test]
     async fn supabase_rules() {
         let store = MemoryStore::new();
-        store.put("dir/", Bytes::new()).await.unwrap();
+        store
+            .put("dir/", Bytes::new(), &UserMeta::new())
+            .await
+            .unwrap();
         assert_eq!(store.keys(), vec!["dir/.emptyFolderPlaceholder"]);
-        let err = store.put("naïve", Bytes::from("x")).await.unwrap_err();
+        let err = store
+            .put("naïve", Bytes::from("x"), &UserMeta::new())
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::InvalidKey { .. }));
-        store.put("six", Bytes::from("abcdef")).await.unwrap();
+        store
+            .put("six", Bytes::from("abcdef"), &UserMeta::new())
+            .await
+            .unwrap();
         assert!(matches!(
             store.get_range("six", 6, 10).await,
             Err(StoreError::InvalidRange)
@@ -412,8 +449,14 @@ mod tests {
     async fn injected_failures_count_down() {
         let store = MemoryStore::new();
         store.fail_next(Op::Put, 1);
-        assert!(store.put("k", Bytes::from("1")).await.is_err());
-        assert!(store.put("k", Bytes::from("1")).await.is_ok());
+        assert!(store
+            .put("k", Bytes::from("1"), &UserMeta::new())
+            .await
+            .is_err());
+        assert!(store
+            .put("k", Bytes::from("1"), &UserMeta::new())
+            .await
+            .is_ok());
         assert_eq!(store.count(Op::Put), 2);
     }
 }

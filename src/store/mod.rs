@@ -8,6 +8,7 @@ pub mod memory;
 pub mod renewing;
 pub mod s3;
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -16,6 +17,10 @@ use bytes::Bytes;
 /// S3 caps a listing page at 1000 keys; Supabase clamps larger requests to it.
 pub const MAX_KEYS_PER_PAGE: i32 = 1000;
 
+/// User metadata of an object: `x-amz-meta-NAME: value` as NAME (lower case) → value.
+/// Supabase keeps ASCII values only.
+pub type UserMeta = BTreeMap<String, String>;
+
 /// What a listing or a HEAD tells about one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -23,6 +28,8 @@ pub struct ObjectInfo {
     pub size: u64,
     pub etag: Option<String>,
     pub last_modified: Option<SystemTime>,
+    /// From a HEAD; listings carry none, so it is empty there.
+    pub metadata: UserMeta,
 }
 
 /// One page of a ListObjectsV2 answer.
@@ -119,9 +126,10 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn get_range(&self, key: &str, start: u64, end: u64) -> StoreResult<GetResult>;
 
     /// Upload a whole object from memory; returns its ETag when the server gives one.
-    async fn put(&self, key: &str, body: Bytes) -> StoreResult<Option<String>>;
+    async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<Option<String>>;
 
-    async fn create_multipart(&self, key: &str) -> StoreResult<String>;
+    /// Start a multipart upload; the object gets `meta` when it is completed.
+    async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String>;
 
     async fn upload_part(
         &self,
@@ -140,8 +148,13 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()>;
 
-    /// Server-side copy within the bucket.
-    async fn copy(&self, from: &str, to: &str) -> StoreResult<()>;
+    /// Server-side copy within the bucket. The copy keeps the source's metadata, or gets
+    /// `replace` instead when given.
+    async fn copy(&self, from: &str, to: &str, replace: Option<&UserMeta>) -> StoreResult<()>;
+
+    /// Replace the user metadata of `key`, keeping its data: a copy onto itself with the
+    /// REPLACE directive, so nothing is uploaded again.
+    async fn replace_metadata(&self, key: &str, meta: &UserMeta) -> StoreResult<()>;
 
     /// Delete one key; deleting a missing key is not an error.
     async fn delete(&self, key: &str) -> StoreResult<()>;

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{CompletedPart, GetResult, ListPage, ObjectInfo, ObjectStore, StoreError, StoreResult};
+use super::{
+    CompletedPart, GetResult, ListPage, ObjectInfo, ObjectStore, StoreError, StoreResult, UserMeta,
+};
 
 /// Bound on the keys remembered as "already logged", so a long-lived mount cannot grow it
 /// without limit; when full it starts over (a key may then be logged again).
@@ -151,12 +153,14 @@ impl<S: ObjectStore> ObjectStore for RenewingStore<S> {
             .await
     }
 
-    async fn put(&self, key: &str, body: Bytes) -> StoreResult<Option<String>> {
-        self.call(key, || self.inner.put(key, body.clone())).await
+    async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<Option<String>> {
+        self.call(key, || self.inner.put(key, body.clone(), meta))
+            .await
     }
 
-    async fn create_multipart(&self, key: &str) -> StoreResult<String> {
-        self.call(key, || self.inner.create_multipart(key)).await
+    async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
+        self.call(key, || self.inner.create_multipart(key, meta))
+            .await
     }
 
     async fn upload_part(
@@ -189,8 +193,13 @@ impl<S: ObjectStore> ObjectStore for RenewingStore<S> {
             .await
     }
 
-    async fn copy(&self, from: &str, to: &str) -> StoreResult<()> {
-        self.call(to, || self.inner.copy(from, to)).await
+    async fn copy(&self, from: &str, to: &str, replace: Option<&UserMeta>) -> StoreResult<()> {
+        self.call(to, || self.inner.copy(from, to, replace)).await
+    }
+
+    async fn replace_metadata(&self, key: &str, meta: &UserMeta) -> StoreResult<()> {
+        self.call(key, || self.inner.replace_metadata(key, meta))
+            .await
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
@@ -245,12 +254,17 @@ mod tests {
             self.check()?;
             self.inner.get_range(k, s, e).await
         }
-        async fn put(&self, key: &str, body: Bytes) -> StoreResult<Option<String>> {
+        async fn put(
+            &self,
+            key: &str,
+            body: Bytes,
+            meta: &UserMeta,
+        ) -> StoreResult<Option<String>> {
             self.check()?;
-            self.inner.put(key, body).await
+            self.inner.put(key, body, meta).await
         }
-        async fn create_multipart(&self, key: &str) -> StoreResult<String> {
-            self.inner.create_multipart(key).await
+        async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
+            self.inner.create_multipart(key, meta).await
         }
         async fn upload_part(&self, k: &str, u: &str, n: i32, b: Bytes) -> StoreResult<String> {
             self.inner.upload_part(k, u, n, b).await
@@ -266,8 +280,11 @@ mod tests {
         async fn abort_multipart(&self, k: &str, u: &str) -> StoreResult<()> {
             self.inner.abort_multipart(k, u).await
         }
-        async fn copy(&self, f: &str, t: &str) -> StoreResult<()> {
-            self.inner.copy(f, t).await
+        async fn copy(&self, f: &str, t: &str, r: Option<&UserMeta>) -> StoreResult<()> {
+            self.inner.copy(f, t, r).await
+        }
+        async fn replace_metadata(&self, k: &str, m: &UserMeta) -> StoreResult<()> {
+            self.inner.replace_metadata(k, m).await
         }
         async fn delete(&self, key: &str) -> StoreResult<()> {
             self.inner.delete(key).await
@@ -356,7 +373,9 @@ mod tests {
     async fn unchanged_or_failed_renewal_keeps_the_denial() {
         for outcome in [Renewal::Unchanged, Renewal::Failed("log in again".into())] {
             let (store, _) = setup(1, expired, outcome, false);
-            let err = store.put("b.txt", Bytes::from_static(b"x")).await;
+            let err = store
+                .put("b.txt", Bytes::from_static(b"x"), &UserMeta::new())
+                .await;
             assert!(matches!(err, Err(StoreError::ExpiredToken { .. })));
             assert!(store.inner.inner.object("b.txt").is_none());
         }
@@ -376,7 +395,9 @@ mod tests {
     #[tokio::test]
     async fn policy_denials_do_not_renew() {
         let (store, tokens) = setup(1, policy, Renewal::Renewed, true);
-        let err = store.put("a.txt", Bytes::from_static(b"new")).await;
+        let err = store
+            .put("a.txt", Bytes::from_static(b"new"), &UserMeta::new())
+            .await;
         assert!(matches!(err, Err(StoreError::AccessDenied { .. })));
         assert_eq!(tokens.renewals.load(Ordering::SeqCst), 0);
         assert_eq!(store.inner.inner.object("a.txt").unwrap(), "hello");

@@ -9,11 +9,15 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart as S3CompletedPart};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart as S3CompletedPart, MetadataDirective,
+};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
-use super::{CompletedPart, GetResult, ListPage, ObjectInfo, ObjectStore, StoreError, StoreResult};
+use super::{
+    CompletedPart, GetResult, ListPage, ObjectInfo, ObjectStore, StoreError, StoreResult, UserMeta,
+};
 use crate::error_chain::error_chain;
 
 /// One bucket behind an S3 endpoint.
@@ -137,6 +141,7 @@ impl ObjectStore for S3Store {
                     size: o.size().unwrap_or(0).max(0) as u64,
                     etag: o.e_tag().map(str::to_string),
                     last_modified: to_system_time(o.last_modified()),
+                    metadata: UserMeta::new(),
                 })
             })
             .collect();
@@ -170,6 +175,14 @@ impl ObjectStore for S3Store {
             size: out.content_length().unwrap_or(0).max(0) as u64,
             etag: out.e_tag().map(str::to_string),
             last_modified: to_system_time(out.last_modified()),
+            metadata: out
+                .metadata()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.to_lowercase(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 
@@ -195,13 +208,14 @@ impl ObjectStore for S3Store {
         Ok(GetResult { data, etag })
     }
 
-    async fn put(&self, key: &str, body: Bytes) -> StoreResult<Option<String>> {
+    async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<Option<String>> {
         let out = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_type(content_type(key))
+            .set_metadata(non_empty(meta))
             .body(ByteStream::from(body))
             .send()
             .await
@@ -209,13 +223,14 @@ impl ObjectStore for S3Store {
         Ok(out.e_tag().map(str::to_string))
     }
 
-    async fn create_multipart(&self, key: &str) -> StoreResult<String> {
+    async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
         let out = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
             .content_type(content_type(key))
+            .set_metadata(non_empty(meta))
             .send()
             .await
             .map_err(|e| map_err(e, &self.bucket, key))?;
@@ -293,17 +308,30 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
-    async fn copy(&self, from: &str, to: &str) -> StoreResult<()> {
+    async fn copy(&self, from: &str, to: &str, replace: Option<&UserMeta>) -> StoreResult<()> {
         // Supabase does not URL-decode x-amz-copy-source, so it is sent raw.
-        self.client
+        let mut request = self
+            .client
             .copy_object()
             .bucket(&self.bucket)
             .key(to)
-            .copy_source(format!("{}/{}", self.bucket, from))
+            .copy_source(format!("{}/{}", self.bucket, from));
+        if let Some(meta) = replace {
+            // With REPLACE the Content-Type is replaced too: send the one uploads send.
+            request = request
+                .metadata_directive(MetadataDirective::Replace)
+                .content_type(content_type(to))
+                .set_metadata(non_empty(meta));
+        }
+        request
             .send()
             .await
             .map_err(|e| map_err(e, &self.bucket, from))?;
         Ok(())
+    }
+
+    async fn replace_metadata(&self, key: &str, meta: &UserMeta) -> StoreResult<()> {
+        self.copy(key, key, Some(meta)).await
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
@@ -316,6 +344,10 @@ impl ObjectStore for S3Store {
             .map_err(|e| map_err(e, &self.bucket, key))?;
         Ok(())
     }
+}
+
+fn non_empty(meta: &UserMeta) -> Option<std::collections::HashMap<String, String>> {
+    (!meta.is_empty()).then(|| meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
 /// A real Content-Type, because a bucket may restrict the MIME types it accepts.
