@@ -161,7 +161,7 @@ pub fn serve(
 ) -> anyhow::Result<()> {
     check_mountpoint(&cfg.mountpoint)?;
     runtime.block_on(probe(store.as_ref(), &cfg.fs.prefix))?;
-    let fs = Arc::new(Fs::new(store, cfg.fs.clone())?);
+    let fs = Fs::new(store, cfg.fs.clone())?;
     let tasks = TaskTracker::new();
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone(), tasks.clone());
     let mut session = fuser::Session::new(adapter, &cfg.mountpoint, &session_config(&cfg))

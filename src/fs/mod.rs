@@ -10,11 +10,12 @@ pub mod inode;
 pub mod meta;
 mod open_file;
 mod reader;
+mod stat_ahead;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -27,6 +28,7 @@ pub use meta::MetaChange;
 use meta::{PosixMeta, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use open_file::{save_recovery_copy, FailedUpload, OpenFile, Staging, Uploads};
 use reader::Reader;
+use stat_ahead::StatAhead;
 
 use crate::cache::disk::DiskTier;
 use crate::cache::BlockCache;
@@ -165,6 +167,9 @@ pub struct Fs {
     warned: Mutex<HashSet<String>>,
     warnings: AtomicU64,
     errors: AtomicU64,
+    stat_ahead: StatAhead,
+    /// This filesystem, for background work that outlives a request (stat-ahead).
+    me: Weak<Fs>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -173,7 +178,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Fs {
-    pub fn new(store: Arc<dyn ObjectStore>, cfg: FsConfig) -> FsResult<Self> {
+    pub fn new(store: Arc<dyn ObjectStore>, cfg: FsConfig) -> FsResult<Arc<Self>> {
         let staging = cfg.cache_dir.join("staging");
         std::fs::create_dir_all(&staging)
             .map_err(|e| FsError::local(format!("creating {}", staging.display()), e))?;
@@ -193,7 +198,7 @@ impl Fs {
                 Some(tier)
             }
         };
-        Ok(Self {
+        Ok(Arc::new_cyclic(|me| Self {
             cache: Arc::new(BlockCache::with_disk(cfg.cache_memory, disk)),
             store,
             uploads,
@@ -207,7 +212,9 @@ impl Fs {
             warned: Mutex::new(HashSet::new()),
             warnings: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-        })
+            stat_ahead: StatAhead::default(),
+            me: me.clone(),
+        }))
     }
 
     pub fn config(&self) -> &FsConfig {
@@ -440,6 +447,11 @@ impl Fs {
             }
             if fresh && node.kind != Kind::Dir {
                 // Listed moments ago as an object: only its metadata is missing.
+                self.stat_ahead.wait(path).await;
+                if let Some(attr) = self.fresh_attr(path) {
+                    return Ok(Some(attr));
+                }
+                self.read_metadata_ahead(parent_path(path), path);
                 match self.store.head(&self.key(path)).await {
                     Ok(info) => return Ok(Some(self.observe(path, self.observed_object(info)))),
                     Err(StoreError::NotFound { .. }) => {}
@@ -454,6 +466,47 @@ impl Fs {
                 Ok(None)
             }
         }
+    }
+
+    /// The cached attributes of `path`, if nothing about them needs the server.
+    fn fresh_attr(&self, path: &str) -> Option<Attr> {
+        let (ino, node) = {
+            let inodes = lock(&self.inodes);
+            let ino = inodes.ino_of(path)?;
+            (ino, inodes.get(ino)?.clone())
+        };
+        let fresh = node.valid_until > Instant::now() && self.meta_fresh(&node);
+        fresh.then(|| self.attr_of(ino, &node))
+    }
+
+    /// Read the metadata of the other files of the listing of `dir` in the background (see
+    /// `stat_ahead.rs`), once per listing.
+    fn read_metadata_ahead(&self, dir: &str, except: &str) {
+        let paths = self.stat_ahead.start(dir, except);
+        if paths.is_empty() {
+            return;
+        }
+        let Some(fs) = self.me.upgrade() else {
+            paths.iter().for_each(|p| self.stat_ahead.done(p));
+            return;
+        };
+        tokio::spawn(async move {
+            futures::stream::iter(paths)
+                .for_each_concurrent(stat_ahead::CONCURRENCY, |path| {
+                    let fs = &fs;
+                    async move {
+                        let head = fs.store.head(&fs.key(&path)).await;
+                        let listed = lock(&fs.inodes).ino_of(&path);
+                        if let (Ok(info), Some(ino)) = (head, listed) {
+                            if !fs.is_staged(ino) {
+                                fs.observe(&path, fs.observed_object(info));
+                            }
+                        }
+                        fs.stat_ahead.done(&path);
+                    }
+                })
+                .await;
+        });
     }
 
     // ----- namespace operations -----
@@ -860,9 +913,18 @@ impl Fs {
             },
         ];
         let mut names = HashSet::new();
+        let mut without_meta = Vec::new();
         for item in listed {
             let child = child_path(&path, &item.name);
             let attr = self.observe_listed(&child, item.seen);
+            if self.cfg.metadata
+                && attr.kind != Kind::Dir
+                && !self
+                    .listed_attr(attr.ino)
+                    .is_some_and(|(_, complete)| complete)
+            {
+                without_meta.push(child.clone());
+            }
             names.insert(item.name.clone());
             entries.push(DirEntry {
                 ino: attr.ino,
@@ -870,6 +932,7 @@ impl Fs {
                 name: item.name,
             });
         }
+        self.stat_ahead.listed(&path, without_meta);
         for (child_ino, child) in self.local_children(&path) {
             let name = child.rsplit('/').next().unwrap_or(&child).to_string();
             if !names.contains(&name) {

@@ -17,7 +17,7 @@ const READ: OpenMode = OpenMode {
 };
 
 struct Harness {
-    fs: Fs,
+    fs: Arc<Fs>,
     store: Arc<MemoryStore>,
     _cache: tempfile::TempDir,
 }
