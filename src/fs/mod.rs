@@ -749,10 +749,15 @@ impl Fs {
         let from = child_path(&self.dir_path(parent)?, name);
         let to = child_path(&self.dir_path(new_parent)?, new_name);
         let source = self.stat_path(&from).await?.ok_or(FsError::NotFound)?;
+        if from == to {
+            // A copy onto itself followed by a delete would lose it.
+            return Ok(());
+        }
         if source.kind == Kind::Dir {
             return self.rename_dir(&from, &to, flags).await;
         }
-        if let Some(target) = self.stat_path(&to).await? {
+        let target = self.stat_path(&to).await?;
+        if let Some(target) = &target {
             if flags & RENAME_NOREPLACE != 0 {
                 return Err(FsError::Exists);
             }
@@ -780,6 +785,11 @@ impl Fs {
         self.store
             .copy(&from_key, &to_key, keep_mtime.as_ref())
             .await?;
+        // A file replaced while open for writing has no name any more: what its handles still
+        // write must not overwrite the file renamed onto its old name.
+        if let Some(open) = target.and_then(|t| self.open_file(t.ino)) {
+            open.unlinked.store(true, Ordering::Release);
+        }
         self.store.delete(&from_key).await?;
         let mut inodes = lock(&self.inodes);
         inodes.rename(&from, &to);
@@ -791,7 +801,9 @@ impl Fs {
 
     /// Rename a directory: every key below it is copied to the new name, then deleted, a few
     /// at a time. S3 has no atomic rename, so an interruption leaves some objects under each
-    /// name (at most the few in flight under both); running the same `mv` again finishes it.
+    /// name (at most the few in flight under both). The same `mv` then fails with ENOTEMPTY as
+    /// POSIX requires (the new name is a non-empty directory); moving the remaining entries
+    /// (`mv OLD/* NEW/`) finishes it.
     async fn rename_dir(&self, from: &str, to: &str, flags: u32) -> FsResult<()> {
         if to.starts_with(&format!("{from}/")) {
             return Err(FsError::Invalid("cannot move a directory into itself"));
@@ -1261,6 +1273,10 @@ impl Fs {
     /// and end a streaming upload halfway; the writer's own close (or release) uploads.
     pub async fn flush(&self, fh: u64, process: Option<u32>) -> FsResult<()> {
         let handle = self.file_handle(fh)?;
+        if !handle.writable {
+            // A reader's close never publishes what a writer has not closed yet.
+            return Ok(());
+        }
         let opener = handle.opener.get().copied();
         if let (Some(opener), Some(closer)) = (opener, process) {
             if opener != closer {
@@ -1281,7 +1297,11 @@ impl Fs {
             Some(Handle::File(h)) => h,
             _ => return Err(FsError::BadHandle(fh)),
         };
-        let result = self.upload_staged(&handle.open, false).await;
+        let result = if handle.writable {
+            self.upload_staged(&handle.open, false).await
+        } else {
+            Ok(())
+        };
         self.drop_open_ref(&handle.open);
         result
     }

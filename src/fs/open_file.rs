@@ -295,9 +295,16 @@ pub fn save_recovery_copy(
     bucket: &str,
     key: &str,
 ) -> std::io::Result<PathBuf> {
-    let target = dir.join(bucket).join(key);
+    let mut target = dir.join(bucket).join(key);
     if let Some(parent) = target.parent() {
-        std::fs::create_dir_all(parent)?;
+        if std::fs::create_dir_all(parent).is_err() {
+            // A recovery copy of a file named like one of the directories is in the way
+            // (`a`, then `a/b`): keep this one under a flat name. `%` cannot occur in a key,
+            // so the name stays unambiguous.
+            let bucket_dir = dir.join(bucket);
+            std::fs::create_dir_all(&bucket_dir)?;
+            target = bucket_dir.join(key.replace('/', "%2F"));
+        }
     }
     let mut candidate = target.clone();
     let mut n = 1;
@@ -324,6 +331,19 @@ mod tests {
             config: UploadConfig::default(),
             keep_meta: true,
         }
+    }
+
+    #[test]
+    fn a_recovery_copy_in_the_way_of_a_directory_gives_a_flat_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let staged = dir.path().join("staged");
+        std::fs::write(&staged, b"x").unwrap();
+        let recovery = dir.path().join("recovery");
+        let first = save_recovery_copy(&staged, &recovery, "b", "a").unwrap();
+        let second = save_recovery_copy(&staged, &recovery, "b", "a/b").unwrap();
+        assert_eq!(first, recovery.join("b/a"));
+        assert_eq!(second, recovery.join("b/a%2Fb"));
+        assert_eq!(std::fs::read(second).unwrap(), b"x");
     }
 
     #[tokio::test]
