@@ -13,7 +13,8 @@
 //!   in /proc/self/mountinfo; on drop (also on panic) unmounts (`fusermount3 -u`, then `-uz`),
 //!   waits for the daemon (bounded), kills it by PID if needed, and prints its log when the test
 //!   failed. A watchdog kills the daemon if the test outlives `SUPAMOUNT_TEST_TIMEOUT` seconds
-//!   (default 600), so that a hung FUSE request turns into ENOTCONN instead of a hung test.
+//!   (default 600; a mount can ask for longer, see [`MountOpts::watchdog`]), so that a hung FUSE
+//!   request turns into ENOTCONN instead of a hung test.
 //!
 //! Other settings: `SUPAMOUNT_TEST_LOG_LEVEL` (passed as `--log-level`), `SUPAMOUNT_TEST_KEEP=1`
 //! (keep the temp dirs of failed tests).
@@ -413,6 +414,16 @@ struct WatchState {
     fired: bool,
 }
 
+/// `SUPAMOUNT_TEST_TIMEOUT` seconds (default 600): how long a mount may live before the watchdog
+/// kills its daemon.
+pub fn watchdog_timeout() -> Duration {
+    let secs = std::env::var("SUPAMOUNT_TEST_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600u64);
+    Duration::from_secs(secs)
+}
+
 /// Kills `pid` with SIGKILL if not stopped before `timeout`. Killing the FUSE daemon aborts the
 /// connection, so blocked file-system calls in the test return ENOTCONN instead of hanging.
 pub struct Watchdog {
@@ -422,11 +433,11 @@ pub struct Watchdog {
 
 impl Watchdog {
     pub fn start(pid: i32, label: String) -> Watchdog {
-        let secs = std::env::var("SUPAMOUNT_TEST_TIMEOUT")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(600u64);
-        let timeout = Duration::from_secs(secs);
+        Watchdog::start_after(pid, label, watchdog_timeout())
+    }
+
+    /// Like [`Watchdog::start`], with an explicit bound.
+    pub fn start_after(pid: i32, label: String, timeout: Duration) -> Watchdog {
         let state = Arc::new((
             Mutex::new(WatchState {
                 done: false,
@@ -1000,7 +1011,11 @@ impl Backend {
             }
             thread::sleep(Duration::from_millis(25));
         }
-        let watchdog = Watchdog::start(child.id() as i32, format!("mount {}", path.display()));
+        let watchdog = Watchdog::start_after(
+            child.id() as i32,
+            format!("mount {}", path.display()),
+            o.watchdog.unwrap_or_else(watchdog_timeout),
+        );
         Mount {
             backend: self,
             path,
@@ -1116,6 +1131,9 @@ pub struct MountOpts {
     /// `AWS_SECRET_ACCESS_KEY` instead of the backend's.
     pub secret: Option<String>,
     pub extra_args: Vec<String>,
+    /// Watchdog bound for this mount instead of `SUPAMOUNT_TEST_TIMEOUT` (a test that is
+    /// meant to run longer, with its own bounds inside).
+    pub watchdog: Option<Duration>,
 }
 
 impl MountOpts {
