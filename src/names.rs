@@ -6,6 +6,9 @@ pub const FOLDER_PLACEHOLDER: &str = ".emptyFolderPlaceholder";
 
 /// Longest file name a listing entry may have; longer keys are skipped.
 pub const MAX_NAME_BYTES: usize = 255;
+/// S3 keys stop at 1024 bytes; Supabase fails longer ones with a database error (500), which
+/// would only be retried.
+pub const MAX_KEY_BYTES: usize = 1024;
 
 /// The first character of `key` that Supabase Storage refuses (answering 400 `InvalidKey`).
 ///

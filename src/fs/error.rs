@@ -12,6 +12,8 @@ pub enum FsError {
     Store(#[from] StoreError),
     #[error("name {name:?} refused: {reason}")]
     InvalidName { name: String, reason: String },
+    #[error("name or path too long: {0}")]
+    NameTooLong(&'static str),
     #[error("directory not empty")]
     NotEmpty,
     #[error("is a directory")]
@@ -66,6 +68,7 @@ impl FsError {
             FsError::NotFound => libc::ENOENT,
             FsError::Store(e) => store_errno(e),
             FsError::InvalidName { .. } => libc::EINVAL,
+            FsError::NameTooLong(_) => libc::ENAMETOOLONG,
             FsError::NotEmpty => libc::ENOTEMPTY,
             FsError::IsDir => libc::EISDIR,
             FsError::NotDir => libc::ENOTDIR,
@@ -87,6 +90,7 @@ impl FsError {
     pub fn level(&self) -> Level {
         match self {
             FsError::NotFound
+            | FsError::NameTooLong(_)
             | FsError::NotEmpty
             | FsError::IsDir
             | FsError::NotDir

@@ -32,7 +32,10 @@ use stat_ahead::StatAhead;
 
 use crate::cache::disk::DiskTier;
 use crate::cache::BlockCache;
-use crate::names::{check_new_name, first_refused_char, is_listable, FOLDER_PLACEHOLDER};
+use crate::names::{
+    check_new_name, first_refused_char, is_listable, FOLDER_PLACEHOLDER, MAX_KEY_BYTES,
+    MAX_NAME_BYTES,
+};
 use crate::store::{ObjectStore, StoreError, UserMeta};
 use crate::upload::{UploadConfig, UploadError};
 
@@ -363,10 +366,31 @@ impl Fs {
     }
 
     fn check_name(&self, name: &str) -> FsResult<()> {
+        if name.len() > MAX_NAME_BYTES {
+            return Err(FsError::NameTooLong("a name is longer than 255 bytes"));
+        }
         check_new_name(name).map_err(|reason| FsError::InvalidName {
             name: name.to_string(),
             reason,
         })
+    }
+
+    /// A new name `name` in the directory at `dir`: its path, if the name and the key it
+    /// makes are ones the server can hold.
+    fn new_path(&self, dir: &str, name: &str, kind: Kind) -> FsResult<String> {
+        self.check_name(name)?;
+        let path = child_path(dir, name);
+        // A directory's longest key of its own is its placeholder.
+        let below = match kind {
+            Kind::Dir => 1 + FOLDER_PLACEHOLDER.len(),
+            Kind::File | Kind::Symlink => 0,
+        };
+        if self.key(&path).len() + below > MAX_KEY_BYTES {
+            return Err(FsError::NameTooLong(
+                "the object key would be longer than 1024 bytes",
+            ));
+        }
+        Ok(path)
     }
 
     // ----- resolving paths against the server -----
@@ -513,6 +537,14 @@ impl Fs {
 
     pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
         let dir = self.dir_path(parent)?;
+        if name.len() > MAX_NAME_BYTES {
+            return Err(FsError::NameTooLong("a name is longer than 255 bytes"));
+        }
+        if self.key(&child_path(&dir, name)).len() > MAX_KEY_BYTES {
+            return Err(FsError::NameTooLong(
+                "the object key would be longer than 1024 bytes",
+            ));
+        }
         // Names the server cannot hold cannot exist there; skip the requests.
         if name == FOLDER_PLACEHOLDER || !is_listable(name) || first_refused_char(name).is_some() {
             return Err(FsError::NotFound);
@@ -660,9 +692,7 @@ impl Fs {
 
     pub async fn mkdir(&self, parent: u64, name: &str, mode: u32) -> FsResult<Attr> {
         self.check_writable()?;
-        self.check_name(name)?;
-        let dir = self.dir_path(parent)?;
-        let path = child_path(&dir, name);
+        let path = self.new_path(&self.dir_path(parent)?, name, Kind::Dir)?;
         if self.stat_path(&path).await?.is_some() {
             return Err(FsError::Exists);
         }
@@ -745,10 +775,9 @@ impl Fs {
                 "RENAME_EXCHANGE cannot be done atomically on S3",
             ));
         }
-        self.check_name(new_name)?;
         let from = child_path(&self.dir_path(parent)?, name);
-        let to = child_path(&self.dir_path(new_parent)?, new_name);
         let source = self.stat_path(&from).await?.ok_or(FsError::NotFound)?;
+        let to = self.new_path(&self.dir_path(new_parent)?, new_name, source.kind)?;
         if from == to {
             // A copy onto itself followed by a delete would lose it.
             return Ok(());
@@ -1018,8 +1047,7 @@ impl Fs {
     /// Create and open a new, empty file; it reaches the server when first flushed.
     pub async fn create(&self, parent: u64, name: &str, mode: u32) -> FsResult<(Attr, u64)> {
         self.check_writable()?;
-        self.check_name(name)?;
-        let path = child_path(&self.dir_path(parent)?, name);
+        let path = self.new_path(&self.dir_path(parent)?, name, Kind::File)?;
         let attr = self.observe(
             &path,
             Observed {
@@ -1052,8 +1080,7 @@ impl Fs {
                 "symbolic links need object metadata, which this mount does not keep",
             ));
         }
-        self.check_name(name)?;
-        let path = child_path(&self.dir_path(parent)?, name);
+        let path = self.new_path(&self.dir_path(parent)?, name, Kind::Symlink)?;
         if self.stat_path(&path).await?.is_some() {
             return Err(FsError::Exists);
         }
@@ -1100,8 +1127,7 @@ impl Fs {
             ));
         }
         self.check_writable()?;
-        self.check_name(name)?;
-        let path = child_path(&self.dir_path(parent)?, name);
+        let path = self.new_path(&self.dir_path(parent)?, name, Kind::File)?;
         if self.stat_path(&path).await?.is_some() {
             return Err(FsError::Exists);
         }

@@ -656,3 +656,31 @@ async fn mknod_makes_regular_files_only() {
         libc::EPERM
     );
 }
+
+#[tokio::test]
+async fn names_and_keys_too_long_are_enametoolong_before_any_request() {
+    let h = harness();
+    let long = "n".repeat(256);
+    let too_long = |r: FsResult<Attr>| assert_eq!(r.unwrap_err().errno(), libc::ENAMETOOLONG);
+    too_long(h.fs.mkdir(ROOT, &long, 0o755).await);
+    too_long(h.fs.lookup(ROOT, &long).await);
+    assert_eq!(
+        h.fs.create(ROOT, &long, 0o644).await.unwrap_err().errno(),
+        libc::ENAMETOOLONG
+    );
+    // Three levels of 250 bytes: a fourth directory's placeholder key would pass 1024 bytes,
+    // while a file of that name still fits.
+    let mut dir = ROOT;
+    for i in 0..3 {
+        dir =
+            h.fs.mkdir(dir, &format!("{i}{}", "d".repeat(249)), 0o755)
+                .await
+                .unwrap()
+                .ino;
+    }
+    let name = "f".repeat(250);
+    let requests = h.store.count(Op::Put) + h.store.count(Op::Head);
+    too_long(h.fs.mkdir(dir, &name, 0o755).await);
+    assert_eq!(h.store.count(Op::Put) + h.store.count(Op::Head), requests);
+    h.write_file(dir, &name, b"fits").await.unwrap();
+}
