@@ -1111,4 +1111,6 @@ impl Fs {
 }
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;
