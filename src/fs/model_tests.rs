@@ -8,12 +8,20 @@
 //! directory, opening a directory for writing, ...), so the Fs sees only requests the kernel
 //! would send. Where the VFS refuses, the same request is still sent to the Fs directly, as a
 //! request racing with another client would arrive: it must fail too and change nothing on the
-//! store (a "probe"). `O_TRUNC` comes with `open` (the adapter asks for atomic O_TRUNC) and a
-//! rename onto the same name never reaches the filesystem.
+//! store (a "probe"). `O_TRUNC` comes with `open` (the adapter asks for atomic O_TRUNC), a
+//! write of nothing and a rename onto the same name never reach the filesystem.
+//!
+//! **Held handles.** Besides steps that open, write and close in one go, sequences without
+//! faults hold write handles over several steps (`open`, `put`, `sync`, `close` on a slot),
+//! while other steps read, truncate, rename and unlink what they hold. The model follows
+//! POSIX: a handle follows its file through renames, and writes to nothing visible once its
+//! file is unlinked or replaced. What the store holds differs from what the tree shows only
+//! while a held handle has unsent changes ([`Node::File`]); every remount and the end of a
+//! sequence close all handles first.
 //!
 //! **After every step** the step's result (its errno, or the bytes read) must equal the model's,
 //! and the objects on the store must be exactly those the model implies: one object per file
-//! holding its bytes, one `.emptyFolderPlaceholder` per directory, nothing else. At each
+//! holding its sent bytes, one `.emptyFolderPlaceholder` per directory, nothing else. At each
 //! `check`, after each `remount` (a new [`Fs`] over the same store with a fresh cache
 //! directory) and at the end, the whole tree the Fs shows (listings, kinds, sizes from lookup
 //! and from the listing, file contents read through `open`/`read`) must equal the model's.
@@ -46,9 +54,19 @@
 //! tolerated at one named place so that the rest keeps running, with its minimal sequence;
 //! `each_known_divergence_still_diverges` fails once a bug is fixed, so that its entry goes.
 //!
+//! **Attribute TTL**: 0 in sequences with faults; 0 or an hour in the others, where every
+//! change goes through this one Fs, so its caches must stay right however long it trusts them.
+//!
 //! **Settings**: `SUPAMOUNT_MODEL_CASES` (sequences per run; default 10,000 in release builds,
 //! 1,000 in debug builds), `PROPTEST_RNG_SEED` (proptest's own) to repeat a run. A failure
-//! prints the shrunk sequence as Rust, ready to paste into a regression test.
+//! prints the shrunk sequence as Rust, ready to paste into a regression test. `--nocapture`
+//! shows how often each kind of step ended each way. `the_model_agrees_with_linux` runs the
+//! same steps (without faults) through the host kernel on a temporary directory, so the model
+//! is checked too.
+//!
+//! Not covered: files large enough for multipart uploads (8 MiB parts would make 10,000
+//! sequences slow; `upload.rs` tests them), other clients changing the bucket, and faults
+//! while handles are held.
 //!
 //! **Extending**: a new operation (chmod, utimens, symlink) is a [`Step`] variant with a helper
 //! and a `Debug` arm, an arm in [`Model::apply`], one in `World::run` and, for its fault rule,
@@ -835,8 +853,42 @@ impl Model {
     }
 }
 
+/// Bytes as text, for messages (written data is letters and zeros).
+fn text(data: &[u8]) -> String {
+    format!("{:?}", String::from_utf8_lossy(data))
+}
+
+/// A store's objects, for messages.
+fn show_objects(objects: &Objects) -> String {
+    let items: Vec<String> = objects
+        .iter()
+        .map(|(key, data)| format!("{key:?}: {}", text(data)))
+        .collect();
+    format!("{{{}}}", items.join(", "))
+}
+
+/// A value as failure messages show it.
+trait Shown {
+    fn shown(&self) -> String;
+}
+
+impl Shown for Vec<u8> {
+    fn shown(&self) -> String {
+        text(self)
+    }
+}
+
+impl Shown for Seen {
+    fn shown(&self) -> String {
+        match self {
+            Seen::Dir => "directory".into(),
+            Seen::File { size, data } => format!("file of size {size}: {}", text(data)),
+        }
+    }
+}
+
 /// Where two maps differ, one line per key, for failure messages.
-fn diff<V: PartialEq + fmt::Debug>(
+fn diff<V: PartialEq + Shown>(
     what: &str,
     want: &BTreeMap<String, V>,
     got: &BTreeMap<String, V>,
@@ -851,7 +903,8 @@ fn diff<V: PartialEq + fmt::Debug>(
     {
         let (a, b) = (want.get(key), got.get(key));
         if a != b {
-            lines.push(format!("  {key:?}: {a:?} / {b:?}"));
+            let show = |v: Option<&V>| v.map_or("nothing".into(), Shown::shown);
+            lines.push(format!("  {key:?}: {} / {}", show(a), show(b)));
         }
     }
     Err(lines.join("\n"))
@@ -885,6 +938,13 @@ enum Known {
     /// that was renamed there. Data loss for the rename's result. Tolerated: before such a
     /// rename, the handles on its target are closed.
     RenameOverHeldFile,
+    /// The recovery copy of a failed upload of `a/b` is not kept when an earlier failed
+    /// upload of the file `a` left its copy at `recovery/<bucket>/a`: the directory for the
+    /// new copy cannot be made, the error is only logged, and the staged data is deleted at
+    /// release, after one more upload attempt (no earlier failure is on record to stop it).
+    /// If that attempt fails too, the written data is gone. Tolerated: when an earlier copy
+    /// blocks the way, no copy is required, and the store may hold what was written.
+    RecoveryCopyBlocked,
 }
 
 /// The divergences the property test tolerates: remove an entry when its bug is fixed.
@@ -893,6 +953,7 @@ const KNOWN_DIVERGENCES: &[Known] = &[
     Known::RenameOntoItself,
     Known::ReaderCloseUploads,
     Known::RenameOverHeldFile,
+    Known::RecoveryCopyBlocked,
 ];
 
 /// The shortest sequence that shows each divergence.
@@ -915,6 +976,13 @@ fn minimal_sequence(known: Known) -> Vec<Step> {
             put(0, 0, "old"),
             rename("a", "b"),
             close(0),
+        ],
+        Known::RecoveryCopyBlocked => vec![
+            fail(StoreOp::Put, 0, 1),
+            create("a", &[w(0, "x")]),
+            mkdir("a"),
+            fail(StoreOp::Put, 0, 2),
+            create("a/b", &[w(0, "y")]),
         ],
     }
 }
@@ -1735,12 +1803,10 @@ impl World {
         if allowed.iter().any(|m| m.objects() == objects) {
             return Model::from_objects(&objects);
         }
-        let options: Vec<String> = allowed
-            .iter()
-            .map(|m| format!("{:?}", m.objects()))
-            .collect();
+        let options: Vec<String> = allowed.iter().map(|m| show_objects(&m.objects())).collect();
         Err(format!(
-            "after it failed, the store holds {objects:?}; allowed: {}",
+            "after it failed, the store holds {}; allowed: {}",
+            show_objects(&objects),
             options.join(" or ")
         ))
     }
@@ -1760,6 +1826,23 @@ impl World {
             let data = apply_io(base, &io[..acked]);
             model.nodes.insert(path.to_string(), Node::file(data));
         }
+        let written = apply_io(base, &io[..ran.io.done]);
+        if ran.io.upload_failed
+            && self.recovery_blocked(path)
+            && self.tolerates(Known::RecoveryCopyBlocked)
+        {
+            // Without a recovery copy, release tries the upload once more.
+            let mut uploaded = before.clone();
+            uploaded.nodes.insert(path.to_string(), Node::file(written));
+            let now = self.objects();
+            return match [model, uploaded].into_iter().find(|m| m.objects() == now) {
+                Some(model) => Ok(model),
+                None => Err(format!(
+                    "after a failed write, the store holds {}",
+                    show_objects(&now)
+                )),
+            };
+        }
         diff(
             "objects after a failed write (model: what was acknowledged)",
             &model.objects(),
@@ -1771,9 +1854,16 @@ impl World {
                 ran.io.acked,
                 io.len()
             ));
-            self.check_recovery_copy(path, &apply_io(base, &io[..ran.io.done]))?;
+            self.check_recovery_copy(path, &written)?;
         }
         Ok(model)
+    }
+
+    /// A recovery copy of an upload to `path` cannot be written: an earlier copy is a file
+    /// where a directory above it would go.
+    fn recovery_blocked(&self, path: &str) -> bool {
+        let root = self.cache.path().join("recovery").join("b");
+        (path.match_indices('/')).any(|(i, _)| root.join(&path[..i]).is_file())
     }
 
     /// The recovery directory holds `data` as `path` (or a numbered sibling).
@@ -2021,7 +2111,7 @@ const FAULT_OPS: &[StoreOp] = &[
 
 fn fault_step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        4 => (prop::sample::select(FAULT_OPS), 0u32..4, 1u32..3)
+        4 => (prop::sample::select(FAULT_OPS), 0u32..6, 1u32..3)
             .prop_map(|(op, skip, times)| Step::Fail { op, skip, times }),
         1 => Just(Step::Offline),
         1 => Just(Step::Online),
@@ -2150,10 +2240,10 @@ fn each_known_divergence_still_diverges() {
             .filter(|&k| k != known)
             .collect();
         let strict = rt.block_on(run_case(0, &steps, &others));
-        assert!(
-            strict.is_err(),
-            "{known:?} no longer diverges: remove it from KNOWN_DIVERGENCES"
-        );
+        match strict {
+            Err(e) => eprintln!("{known:?}:\n{}\n  {e}\n", Script(&steps)),
+            Ok(()) => panic!("{known:?} no longer diverges: remove it from KNOWN_DIVERGENCES"),
+        }
         let tolerant = rt.block_on(run_case(0, &steps, KNOWN_DIVERGENCES));
         assert_eq!(tolerant, Ok(()), "{known:?}, tolerated");
     }
