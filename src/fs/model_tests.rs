@@ -71,10 +71,12 @@
 //! **Extending**: a new operation (chmod, utimens, symlink) is a [`Step`] variant with a helper
 //! and a `Debug` arm, an arm in [`Model::apply`], one in `World::run` and, for its fault rule,
 //! in `World::after_fault`; new attributes go into [`Node`] and [`Seen`], which both sides
-//! fill, so every comparison covers them.
+//! fill, so every comparison covers them. `World::fs_truncate` is the one call of
+//! `Fs::setattr`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+#[cfg(target_os = "linux")]
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -1914,9 +1916,13 @@ impl World {
                 (Some(a), target) if a == data && target == old.get(&moved) => {}
                 (None, Some(b)) if b == data => {}
                 (a, b) => {
+                    let show = |v: Option<&Vec<u8>>| v.map_or("nothing".into(), |d| text(d));
                     return Err(format!(
-                        "{key:?} ({data:?}) became {a:?}, and {moved:?} became {b:?}"
-                    ))
+                        "{key:?} ({}) became {}, and {moved:?} became {}",
+                        text(data),
+                        show(a),
+                        show(b)
+                    ));
                 }
             }
         }
