@@ -1471,4 +1471,6 @@ impl Fs {
 }
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;
