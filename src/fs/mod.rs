@@ -779,8 +779,12 @@ impl Fs {
         let source = self.stat_path(&from).await?.ok_or(FsError::NotFound)?;
         let to = self.new_path(&self.dir_path(new_parent)?, new_name, source.kind)?;
         if from == to {
-            // A copy onto itself followed by a delete would lose it.
-            return Ok(());
+            // As rename(2) says; a copy onto itself followed by a delete would lose it.
+            return if flags & RENAME_NOREPLACE != 0 {
+                Err(FsError::Exists)
+            } else {
+                Ok(())
+            };
         }
         if source.kind == Kind::Dir {
             return self.rename_dir(&from, &to, flags).await;
