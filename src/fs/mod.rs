@@ -1085,24 +1085,27 @@ impl Fs {
             ));
         }
         let path = self.new_path(&self.dir_path(parent)?, name, Kind::Symlink)?;
-        if self.stat_path(&path).await?.is_some() {
+        let target = Bytes::copy_from_slice(target);
+        self.put_new(&path, Kind::Symlink, S_IFLNK | 0o777, target)
+            .await
+    }
+
+    /// Write a new small object at `path` (a symbolic link, an empty file) and show it.
+    async fn put_new(&self, path: &str, kind: Kind, mode: u32, body: Bytes) -> FsResult<Attr> {
+        if self.stat_path(path).await?.is_some() {
             return Err(FsError::Exists);
         }
-        let (meta, stored) = self.new_meta(S_IFLNK, 0o777);
-        let etag = self
-            .store
-            .put(&self.key(&path), Bytes::copy_from_slice(target), &stored)
-            .await?;
-        let attr = self.observe(
-            &path,
-            Observed {
-                kind: Kind::Symlink,
-                size: target.len() as u64,
-                mtime: SystemTime::now(),
-                etag,
-                meta,
-            },
-        );
+        let (meta, stored) = self.new_meta(mode & S_IFMT, mode);
+        let size = body.len() as u64;
+        let etag = self.store.put(&self.key(path), body, &stored).await?;
+        let seen = Observed {
+            kind,
+            size,
+            mtime: SystemTime::now(),
+            etag,
+            meta,
+        };
+        let attr = self.observe(path, seen);
         lock(&self.inodes).add_lookup(attr.ino);
         Ok(attr)
     }
@@ -1132,26 +1135,8 @@ impl Fs {
         }
         self.check_writable()?;
         let path = self.new_path(&self.dir_path(parent)?, name, Kind::File)?;
-        if self.stat_path(&path).await?.is_some() {
-            return Err(FsError::Exists);
-        }
-        let (meta, stored) = self.new_meta(S_IFREG, mode);
-        let etag = self
-            .store
-            .put(&self.key(&path), Bytes::new(), &stored)
-            .await?;
-        let attr = self.observe(
-            &path,
-            Observed {
-                kind: Kind::File,
-                size: 0,
-                mtime: SystemTime::now(),
-                etag,
-                meta,
-            },
-        );
-        lock(&self.inodes).add_lookup(attr.ino);
-        Ok(attr)
+        let mode = S_IFREG | (mode & meta::PERM_BITS);
+        self.put_new(&path, Kind::File, mode, Bytes::new()).await
     }
 
     pub async fn open(&self, ino: u64, mode: OpenMode) -> FsResult<u64> {

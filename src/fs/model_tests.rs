@@ -68,7 +68,12 @@
 //! sequences slow; `upload.rs` tests them), other clients changing the bucket, and faults
 //! while handles are held.
 //!
-//! **Extending**: a new operation (chmod, utimens, symlink) is a [`Step`] variant with a helper
+//! **Modes**: `chmod` steps set permission bits; the model keeps them per path, moves them
+//! with renames, and reads them from object metadata when it is rebuilt from the store. Times
+//! (utimens) and symbolic links are not generated: `fs::tests`, `tests/posix.rs` and pjdfstest
+//! cover them.
+//!
+//! **Extending**: a new operation (utimens, symlink) is a [`Step`] variant with a helper
 //! and a `Debug` arm, an arm in [`Model::apply`], one in `World::run` and, for its fault rule,
 //! in `World::after_fault`; new attributes go into [`Node`] and [`Seen`], which both sides
 //! fill, so every comparison covers them. `World::fs_truncate` is the one call of
@@ -77,6 +82,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 #[cfg(target_os = "linux")]
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -129,6 +135,11 @@ enum Step {
     Mkdir(String),
     Rmdir(String),
     Unlink(String),
+    /// chmod(2): the permission bits.
+    Chmod {
+        path: String,
+        mode: u32,
+    },
     Rename {
         from: String,
         to: String,
@@ -211,6 +222,13 @@ fn read(path: &str) -> Step {
 
 fn mkdir(path: &str) -> Step {
     Step::Mkdir(path.into())
+}
+
+fn chmod(path: &str, mode: u32) -> Step {
+    Step::Chmod {
+        path: path.into(),
+        mode,
+    }
 }
 
 fn rmdir(path: &str) -> Step {
@@ -311,6 +329,7 @@ impl fmt::Debug for Step {
             Step::Mkdir(path) => write!(f, "mkdir({path:?})"),
             Step::Rmdir(path) => write!(f, "rmdir({path:?})"),
             Step::Unlink(path) => write!(f, "unlink({path:?})"),
+            Step::Chmod { path, mode } => write!(f, "chmod({path:?}, 0o{mode:o})"),
             Step::Rename {
                 from,
                 to,
@@ -444,8 +463,8 @@ impl Node {
 /// What a path shows: compared between the model and what the Fs (or the host) shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Seen {
-    Dir,
-    File { size: u64, data: Vec<u8> },
+    Dir { perm: u32 },
+    File { size: u64, data: Vec<u8>, perm: u32 },
 }
 
 /// A POSIX tree: path below the root ("a/b") to entry; the root is implicit. Held handles
@@ -455,7 +474,13 @@ enum Seen {
 struct Model {
     nodes: BTreeMap<String, Node>,
     handles: BTreeMap<u8, Option<String>>,
+    /// Permission bits other than the defaults new entries get ([`FILE_PERM`], [`DIR_PERM`]).
+    perms: BTreeMap<String, u32>,
 }
+
+/// The modes the harness creates files and directories with (the Fs and the host agree).
+const FILE_PERM: u32 = 0o644;
+const DIR_PERM: u32 = 0o755;
 
 /// The objects on a store: key to bytes.
 type Objects = BTreeMap<String, Vec<u8>>;
@@ -568,6 +593,7 @@ impl Model {
             && !self.has_children(dir)
         {
             self.nodes.remove(dir);
+            self.perms.remove(dir);
             dir = parent_of(dir);
         }
     }
@@ -582,6 +608,7 @@ impl Model {
             Step::Mkdir(path) => self.mkdir(path),
             Step::Rmdir(path) => self.rmdir(path),
             Step::Unlink(path) => self.unlink(path),
+            Step::Chmod { path, mode } => self.chmod(path, *mode),
             Step::Rename {
                 from,
                 to,
@@ -603,7 +630,10 @@ impl Model {
         match self.get(path) {
             Some(_) if excl => Err(libc::EEXIST),
             Some(Node::Dir { .. }) => Err(libc::EISDIR),
-            _ => {
+            existing => {
+                if existing.is_none() {
+                    self.perms.remove(path);
+                }
                 let data = apply_io(&[], io);
                 self.nodes.insert(path.into(), Node::file(data));
                 Ok(Reply::Done)
@@ -648,7 +678,31 @@ impl Model {
         }
         self.nodes
             .insert(path.into(), Node::Dir { placeholder: true });
+        self.perms.remove(path);
         Ok(Reply::Done)
+    }
+
+    /// chmod: kept on the file's object, or on the directory's placeholder (made if missing).
+    fn chmod(&mut self, path: &str, mode: u32) -> Outcome {
+        self.check_parents(path)?;
+        let default = match self.nodes.get_mut(path) {
+            None => return Err(libc::ENOENT),
+            Some(Node::Dir { placeholder }) => {
+                *placeholder = true;
+                DIR_PERM
+            }
+            Some(Node::File { .. }) => FILE_PERM,
+        };
+        self.set_perm(path, mode & 0o7777, default);
+        Ok(Reply::Done)
+    }
+
+    fn set_perm(&mut self, path: &str, perm: u32, default: u32) {
+        if perm == default {
+            self.perms.remove(path);
+        } else {
+            self.perms.insert(path.to_string(), perm);
+        }
     }
 
     fn rmdir(&mut self, path: &str) -> Outcome {
@@ -659,6 +713,7 @@ impl Model {
             Some(Node::Dir { .. }) if self.has_children(path) => Err(libc::ENOTEMPTY),
             Some(Node::Dir { .. }) => {
                 self.nodes.remove(path);
+                self.perms.remove(path);
                 self.prune(parent_of(path));
                 Ok(Reply::Done)
             }
@@ -672,6 +727,7 @@ impl Model {
             Some(Node::Dir { .. }) => Err(libc::EISDIR),
             Some(Node::File { .. }) => {
                 self.nodes.remove(path);
+                self.perms.remove(path);
                 self.orphan_handles(path);
                 self.prune(parent_of(path));
                 Ok(Reply::Done)
@@ -718,6 +774,9 @@ impl Model {
 
     /// Move `from` and everything below it to `to`, replacing what `to` was.
     fn move_tree(&mut self, from: &str, to: &str) {
+        let source_placeholder = matches!(self.get(from), Some(Node::Dir { placeholder: true }));
+        let source_perm = self.perms.get(from).copied();
+        let target_perm = self.perms.remove(to);
         let target_placeholder =
             matches!(self.nodes.remove(to), Some(Node::Dir { placeholder: true }));
         let moving: Vec<String> = self
@@ -728,8 +787,29 @@ impl Model {
             .collect();
         for old in moving {
             let node = self.nodes.remove(&old).expect("listed above");
-            self.nodes
-                .insert(format!("{to}{}", &old[from.len()..]), node);
+            let new = format!("{to}{}", &old[from.len()..]);
+            if let Some(perm) = self.perms.remove(&old) {
+                self.perms.insert(new.clone(), perm);
+            }
+            self.nodes.insert(new, node);
+        }
+        // A directory's mode is on its placeholder: without one of its own, the target's stays.
+        let is_dir = self.is_dir(to);
+        match (
+            is_dir && !source_placeholder && target_placeholder,
+            target_perm,
+        ) {
+            (true, Some(perm)) => {
+                self.perms.insert(to.to_string(), perm);
+            }
+            (true, None) => {
+                self.perms.remove(to);
+            }
+            (false, _) => {
+                if let Some(perm) = source_perm {
+                    self.perms.insert(to.to_string(), perm);
+                }
+            }
         }
         for handle in self.handles.values_mut().flatten() {
             if handle == from || is_below(handle, from) {
@@ -758,6 +838,7 @@ impl Model {
                     stored: None,
                 };
                 self.nodes.insert(path.into(), new);
+                self.perms.remove(path);
             }
             None => return Err(libc::ENOENT),
         }
@@ -842,11 +923,15 @@ impl Model {
         self.nodes
             .iter()
             .map(|(path, node)| {
+                let perm = |default| self.perms.get(path).copied().unwrap_or(default);
                 let seen = match node {
-                    Node::Dir { .. } => Seen::Dir,
+                    Node::Dir { .. } => Seen::Dir {
+                        perm: perm(DIR_PERM),
+                    },
                     Node::File { data, .. } => Seen::File {
                         size: data.len() as u64,
                         data: data.clone(),
+                        perm: perm(FILE_PERM),
                     },
                 };
                 (path.clone(), seen)
@@ -883,8 +968,10 @@ impl Shown for Vec<u8> {
 impl Shown for Seen {
     fn shown(&self) -> String {
         match self {
-            Seen::Dir => "directory".into(),
-            Seen::File { size, data } => format!("file of size {size}: {}", text(data)),
+            Seen::Dir { perm } => format!("directory, mode {perm:o}"),
+            Seen::File { size, data, perm } => {
+                format!("file of size {size}, mode {perm:o}: {}", text(data))
+            }
         }
     }
 }
@@ -1276,6 +1363,30 @@ impl World {
         Ok(())
     }
 
+    /// The model of what the store holds, modes included (they are in object metadata).
+    fn rebuilt(&self, objects: &Objects) -> Result<Model, String> {
+        let mut model = Model::from_objects(objects)?;
+        let entries: Vec<(String, Option<String>, u32)> = model
+            .nodes
+            .iter()
+            .filter_map(|(path, node)| match node {
+                Node::File { .. } => Some((path.clone(), Some(path.clone()), FILE_PERM)),
+                Node::Dir { placeholder: true } => {
+                    Some((path.clone(), Some(placeholder_key(path)), DIR_PERM))
+                }
+                Node::Dir { placeholder: false } => None,
+            })
+            .collect();
+        for (path, key, default) in entries {
+            let stored = key.and_then(|k| self.store.metadata(&k));
+            let perm = stored.map(|m| meta::PosixMeta::from_user_meta(&m).perm());
+            if let Some(Some(perm)) = perm {
+                model.set_perm(&path, perm.into(), default);
+            }
+        }
+        Ok(model)
+    }
+
     fn tolerates(&self, known: Known) -> bool {
         self.tolerated.contains(&known)
     }
@@ -1435,6 +1546,7 @@ impl World {
             Step::Mkdir(path) => self.run_mkdir(path).await,
             Step::Rmdir(path) => self.run_rmdir(path).await,
             Step::Unlink(path) => self.run_unlink(path).await,
+            Step::Chmod { path, mode } => self.run_chmod(path, *mode).await,
             Step::Rename {
                 from,
                 to,
@@ -1561,6 +1673,23 @@ impl World {
                 attr: Some(attr), ..
             }) => {
                 let result = self.fs_truncate(attr.ino, size).await;
+                Ok(Ran::of(result.map(|_| Reply::Done).map_err(errno)))
+            }
+        }
+    }
+
+    async fn run_chmod(&self, path: &str, mode: u32) -> Result<Ran, String> {
+        match self.resolve(path).await {
+            Err(e) => Ok(Ran::of(Err(e))),
+            Ok(Resolved { attr: None, .. }) => Ok(Ran::of(Err(libc::ENOENT))),
+            Ok(Resolved {
+                attr: Some(attr), ..
+            }) => {
+                let change = MetaChange {
+                    mode: Some(mode),
+                    ..Default::default()
+                };
+                let result = self.fs.setattr(attr.ino, None, change).await;
                 Ok(Ran::of(result.map(|_| Reply::Done).map_err(errno)))
             }
         }
@@ -1806,7 +1935,9 @@ impl World {
                 return self.after_failed_write(path, &base, io, before, ran);
             }
             Step::Mkdir(_) | Step::Unlink(_) | Step::Read(_) => vec![before.clone()],
-            Step::Rmdir(_) | Step::Truncate { .. } => vec![before.clone(), completed()],
+            Step::Rmdir(_) | Step::Truncate { .. } | Step::Chmod { .. } => {
+                vec![before.clone(), completed()]
+            }
             Step::Rename { from, to, .. } if before.is_dir(from) => {
                 return self.after_failed_dir_rename(step, from, to, before).await;
             }
@@ -1828,7 +1959,7 @@ impl World {
             | Step::Online => vec![before.clone()],
         };
         if allowed.iter().any(|m| m.objects() == objects) {
-            return Model::from_objects(&objects);
+            return self.rebuilt(&objects);
         }
         let options: Vec<String> = allowed.iter().map(|m| show_objects(&m.objects())).collect();
         Err(format!(
@@ -1982,7 +2113,7 @@ impl World {
         after.apply(step).expect("the rename was possible");
         if retry.outcome == Err(libc::ENOTEMPTY) && self.tolerates(Known::DirRenameNotResumable) {
             diff("objects after the retry was refused", &now, &self.objects())?;
-            return Model::from_objects(&now);
+            return self.rebuilt(&now);
         }
         if retry.outcome != Ok(Reply::Done) {
             return Err(format!(
@@ -2041,7 +2172,9 @@ impl World {
                 let seen = match attr.kind {
                     Kind::Dir => {
                         dirs.push((attr.ino, child.clone()));
-                        Seen::Dir
+                        Seen::Dir {
+                            perm: attr.perm.into(),
+                        }
                     }
                     Kind::Symlink => {
                         return Err(format!("{child:?} is a symbolic link, which no step makes"))
@@ -2052,6 +2185,7 @@ impl World {
                             .read_file(attr.ino)
                             .await
                             .map_err(|e| format!("reading {child:?}: {e}"))?,
+                        perm: attr.perm.into(),
                     },
                 };
                 if tree.insert(child.clone(), seen).is_some() {
@@ -2112,6 +2246,9 @@ fn namespace_step() -> impl Strategy<Value = Step> {
         4 => path().prop_map(Step::Mkdir),
         2 => path().prop_map(Step::Rmdir),
         2 => path().prop_map(Step::Unlink),
+        // Owner rwx in every mode, so that the host check can run as any user.
+        2 => (path(), prop::sample::select(&[0o700u32, 0o711, 0o750, 0o755, 0o777][..]))
+            .prop_map(|(path, mode)| Step::Chmod { path, mode }),
         4 => (path(), path(), prop::bool::weighted(0.3))
             .prop_map(|(from, to, noreplace)| Step::Rename { from, to, noreplace }),
         1 => Just(Step::Remount),
@@ -2322,6 +2459,7 @@ fn printed_steps_are_the_helper_calls() {
         put(1, 4, "uv"),
         sync(1),
         close(0),
+        chmod("b", 0o750),
     ];
     let printed = Script(&steps).to_string();
     let expected = r#"vec![
@@ -2345,6 +2483,7 @@ fn printed_steps_are_the_helper_calls() {
     put(1, 4, "uv"), // 17
     sync(1), // 18
     close(0), // 19
+    chmod("b", 0o750), // 20
 ]"#;
     assert_eq!(printed, expected);
 }
@@ -2404,6 +2543,10 @@ fn run_on_host(root: &Path, held: &mut BTreeMap<u8, std::fs::File>, step: &Step)
         Step::Mkdir(path) => done(std::fs::create_dir(full(path))),
         Step::Rmdir(path) => done(std::fs::remove_dir(full(path))),
         Step::Unlink(path) => done(std::fs::remove_file(full(path))),
+        Step::Chmod { path, mode } => done(std::fs::set_permissions(
+            full(path),
+            std::fs::Permissions::from_mode(*mode),
+        )),
         Step::Rename {
             from,
             to,
@@ -2462,13 +2605,14 @@ fn host_tree(root: &Path) -> BTreeMap<String, Seen> {
         for entry in std::fs::read_dir(&dir).expect("a readable directory") {
             let entry = entry.expect("a directory entry");
             let child = inode::child_path(&path, &entry.file_name().to_string_lossy());
+            let perm = entry.metadata().expect("metadata").permissions().mode() & 0o7777;
             if entry.file_type().expect("a file type").is_dir() {
                 dirs.push((entry.path(), child.clone()));
-                tree.insert(child, Seen::Dir);
+                tree.insert(child, Seen::Dir { perm });
             } else {
                 let data = std::fs::read(entry.path()).expect("a readable file");
                 let size = data.len() as u64;
-                tree.insert(child, Seen::File { size, data });
+                tree.insert(child, Seen::File { size, data, perm });
             }
         }
     }
