@@ -752,6 +752,21 @@ fn external_changes_show(b: &Backend) {
 fn invalid_names_refused(b: &Backend) {
     let m = b.mount();
     write_file(&m.p("ok.txt"), b"ok");
+    let out = m.sh("echo x > 'naïve#1.txt'");
+    assert!(
+        !out.ok() && out.stderr.contains("Invalid argument"),
+        "echo x > 'naïve#1.txt' should fail with EINVAL: {out:?}"
+    );
+    // One line, at the default level, that names the file and the character refused.
+    let told = |log: String| {
+        log.lines()
+            .filter(|l| l.contains("naïve#1.txt") && l.contains("'ï'"))
+            .count()
+    };
+    poll_until(Duration::from_secs(5), "the refusal logged", || {
+        told(m.log()) >= 1
+    });
+    assert_eq!(told(m.log()), 1, "log:\n{}", m.log());
     let out = m.sh("touch 'naïve#1.txt'");
     assert!(!out.ok(), "touch 'naïve#1.txt' succeeded");
     assert!(

@@ -520,9 +520,15 @@ impl Fs {
                     let fs = &fs;
                     async move {
                         let head = fs.store.head(&fs.key(&path)).await;
-                        let listed = lock(&fs.inodes).ino_of(&path);
-                        if let (Ok(info), Some(ino)) = (head, listed) {
-                            if !fs.is_staged(ino) {
+                        // Only if the path still names the object version that was listed: a
+                        // slow answer must not undo a change made meanwhile (a write, a rename).
+                        let listed = {
+                            let inodes = lock(&fs.inodes);
+                            let ino = inodes.ino_of(&path);
+                            ino.and_then(|i| inodes.get(i).map(|n| (i, n.etag.clone())))
+                        };
+                        if let (Ok(info), Some((ino, etag))) = (head, listed) {
+                            if etag.is_some() && info.etag == etag && !fs.is_staged(ino) {
                                 fs.observe(&path, fs.observed_object(info));
                             }
                         }
