@@ -365,31 +365,34 @@ impl Fs {
         }
     }
 
-    fn check_name(&self, name: &str) -> FsResult<()> {
+    /// `dir/name`, if the name and the key it makes (plus `below` more bytes) are not longer
+    /// than the server allows.
+    fn path_within_limits(&self, dir: &str, name: &str, below: usize) -> FsResult<String> {
         if name.len() > MAX_NAME_BYTES {
             return Err(FsError::NameTooLong("a name is longer than 255 bytes"));
         }
-        check_new_name(name).map_err(|reason| FsError::InvalidName {
-            name: name.to_string(),
-            reason,
-        })
-    }
-
-    /// A new name `name` in the directory at `dir`: its path, if the name and the key it
-    /// makes are ones the server can hold.
-    fn new_path(&self, dir: &str, name: &str, kind: Kind) -> FsResult<String> {
-        self.check_name(name)?;
         let path = child_path(dir, name);
-        // A directory's longest key of its own is its placeholder.
-        let below = match kind {
-            Kind::Dir => 1 + FOLDER_PLACEHOLDER.len(),
-            Kind::File | Kind::Symlink => 0,
-        };
         if self.key(&path).len() + below > MAX_KEY_BYTES {
             return Err(FsError::NameTooLong(
                 "the object key would be longer than 1024 bytes",
             ));
         }
+        Ok(path)
+    }
+
+    /// A new name `name` in the directory at `dir`: its path, if the name and the keys it
+    /// makes are ones the server can hold.
+    fn new_path(&self, dir: &str, name: &str, kind: Kind) -> FsResult<String> {
+        // A directory's longest key of its own is its placeholder.
+        let below = match kind {
+            Kind::Dir => 1 + FOLDER_PLACEHOLDER.len(),
+            Kind::File | Kind::Symlink => 0,
+        };
+        let path = self.path_within_limits(dir, name, below)?;
+        check_new_name(name).map_err(|reason| FsError::InvalidName {
+            name: name.to_string(),
+            reason,
+        })?;
         Ok(path)
     }
 
@@ -458,22 +461,17 @@ impl Fs {
 
     /// Attributes of `path`: cached while fresh, local while staged, else from the server.
     async fn stat_path(&self, path: &str) -> FsResult<Option<Attr>> {
-        let cached = {
-            let inodes = lock(&self.inodes);
-            inodes
-                .ino_of(path)
-                .and_then(|ino| inodes.get(ino).map(|n| (ino, n.clone())))
-        };
-        if let Some((ino, node)) = cached {
-            let fresh = node.valid_until > Instant::now();
-            if self.is_staged(ino) || (fresh && self.meta_fresh(&node)) {
+        if let Some((ino, node)) = self.cached(path) {
+            if self.trusted(ino, &node) {
                 return Ok(Some(self.attr_of(ino, &node)));
             }
-            if fresh && node.kind != Kind::Dir {
+            if node.valid_until > Instant::now() && node.kind != Kind::Dir {
                 // Listed moments ago as an object: only its metadata is missing.
                 self.stat_ahead.wait(path).await;
-                if let Some(attr) = self.fresh_attr(path) {
-                    return Ok(Some(attr));
+                if let Some((ino, node)) = self.cached(path) {
+                    if self.trusted(ino, &node) {
+                        return Ok(Some(self.attr_of(ino, &node)));
+                    }
                 }
                 self.read_metadata_ahead(parent_path(path), path);
                 match self.store.head(&self.key(path)).await {
@@ -492,15 +490,21 @@ impl Fs {
         }
     }
 
-    /// The cached attributes of `path`, if nothing about them needs the server.
-    fn fresh_attr(&self, path: &str) -> Option<Attr> {
-        let (ino, node) = {
-            let inodes = lock(&self.inodes);
-            let ino = inodes.ino_of(path)?;
-            (ino, inodes.get(ino)?.clone())
-        };
-        let fresh = node.valid_until > Instant::now() && self.meta_fresh(&node);
-        fresh.then(|| self.attr_of(ino, &node))
+    fn cached(&self, path: &str) -> Option<(u64, Node)> {
+        let inodes = lock(&self.inodes);
+        let ino = inodes.ino_of(path)?;
+        Some((ino, inodes.get(ino)?.clone()))
+    }
+
+    /// Whether the cached attributes of `node` can be shown without asking the server: they
+    /// are local (staged), or fresh with their metadata.
+    fn trusted(&self, ino: u64, node: &Node) -> bool {
+        self.is_staged(ino) || (node.valid_until > Instant::now() && self.meta_fresh(node))
+    }
+
+    /// Whether the metadata of `ino` is known well enough for a listing to show it.
+    fn meta_complete(&self, ino: u64, node: &Node) -> bool {
+        self.meta_fresh(node) || self.is_staged(ino)
     }
 
     /// Read the metadata of the other files of the listing of `dir` in the background (see
@@ -542,23 +546,12 @@ impl Fs {
     // ----- namespace operations -----
 
     pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
-        let dir = self.dir_path(parent)?;
-        if name.len() > MAX_NAME_BYTES {
-            return Err(FsError::NameTooLong("a name is longer than 255 bytes"));
-        }
-        if self.key(&child_path(&dir, name)).len() > MAX_KEY_BYTES {
-            return Err(FsError::NameTooLong(
-                "the object key would be longer than 1024 bytes",
-            ));
-        }
+        let path = self.path_within_limits(&self.dir_path(parent)?, name, 0)?;
         // Names the server cannot hold cannot exist there; skip the requests.
         if name == FOLDER_PLACEHOLDER || !is_listable(name) || first_refused_char(name).is_some() {
             return Err(FsError::NotFound);
         }
-        let attr = self
-            .stat_path(&child_path(&dir, name))
-            .await?
-            .ok_or(FsError::NotFound)?;
+        let attr = self.stat_path(&path).await?.ok_or(FsError::NotFound)?;
         lock(&self.inodes).add_lookup(attr.ino);
         Ok(attr)
     }
@@ -968,12 +961,10 @@ impl Fs {
         for item in listed {
             let child = child_path(&path, &item.name);
             let attr = self.observe_listed(&child, item.seen);
-            if self.cfg.metadata
-                && attr.kind != Kind::Dir
-                && !self
-                    .listed_attr(attr.ino)
-                    .is_some_and(|(_, complete)| complete)
-            {
+            let complete = self
+                .node(attr.ino)
+                .is_ok_and(|node| self.meta_complete(attr.ino, &node));
+            if attr.kind != Kind::Dir && !complete {
                 without_meta.push(child.clone());
             }
             names.insert(item.name.clone());
@@ -1026,8 +1017,7 @@ impl Fs {
     /// should then not cache the others, and look them up when it needs them.
     pub fn listed_attr(&self, ino: u64) -> Option<(Attr, bool)> {
         let node = lock(&self.inodes).get(ino).cloned()?;
-        let complete = self.meta_fresh(&node) || self.is_staged(ino);
-        Some((self.attr_of(ino, &node), complete))
+        Some((self.attr_of(ino, &node), self.meta_complete(ino, &node)))
     }
 
     /// The kernel took a reference to `ino` without a lookup (a readdirplus entry).
@@ -1373,12 +1363,11 @@ impl Fs {
                     "uploaded"
                 );
                 let (meta, _) = staging.meta();
-                if self.cfg.metadata && finished.meta != meta.to_user_meta() {
+                let wanted = meta.to_user_meta();
+                if self.cfg.metadata && finished.meta != wanted {
                     // A multipart upload takes its metadata when it starts; a chmod or
                     // utimens came later.
-                    self.store
-                        .replace_metadata(&key, &meta.to_user_meta())
-                        .await?;
+                    self.store.replace_metadata(&key, &wanted).await?;
                 }
                 self.observe(
                     &path,

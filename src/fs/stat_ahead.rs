@@ -9,22 +9,37 @@
 //! listing nobody stats (a plain `ls`, `find -name`).
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use lru::LruCache;
 use tokio::sync::Notify;
 
 /// HEADs in flight at once for one directory's stat-ahead.
 pub const CONCURRENCY: usize = 32;
 /// How long a stat waits for a HEAD in flight before asking itself.
 const WAIT: Duration = Duration::from_secs(30);
+/// Listings kept for a stat that may follow: the most recent ones (a `find` over a large tree
+/// lists many directories that nobody stats).
+const LISTINGS: usize = 64;
 
-#[derive(Default)]
 pub struct StatAhead {
     /// Files listed without metadata, by directory path, until a stat in it starts the reads.
-    pending: Mutex<HashMap<String, Vec<String>>>,
+    pending: Mutex<LruCache<String, Vec<String>>>,
     /// Paths whose HEAD is in flight; their waiters are woken when it ends.
     inflight: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl Default for StatAhead {
+    fn default() -> Self {
+        Self {
+            pending: Mutex::new(LruCache::new(
+                NonZeroUsize::new(LISTINGS).expect("not zero"),
+            )),
+            inflight: Mutex::default(),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -36,9 +51,9 @@ impl StatAhead {
     pub fn listed(&self, dir: &str, files: Vec<String>) {
         let mut pending = lock(&self.pending);
         if files.is_empty() {
-            pending.remove(dir);
+            pending.pop(dir);
         } else {
-            pending.insert(dir.to_string(), files);
+            pending.put(dir.to_string(), files);
         }
     }
 
@@ -46,7 +61,7 @@ impl StatAhead {
     /// (the caller reads them and calls [`StatAhead::done`] for each). Empty when `dir` has no
     /// pending listing, or its reads have started already.
     pub fn start(&self, dir: &str, except: &str) -> Vec<String> {
-        let Some(files) = lock(&self.pending).remove(dir) else {
+        let Some(files) = lock(&self.pending).pop(dir) else {
             return Vec::new();
         };
         let mut inflight = lock(&self.inflight);
@@ -107,6 +122,15 @@ mod tests {
             .await
             .expect("woken")
             .unwrap();
+        // Only the most recent listings are kept.
+        for i in 0..=LISTINGS {
+            ahead.listed(&format!("dir{i}"), vec![format!("dir{i}/f")]);
+        }
+        assert!(ahead.start("dir0", "").is_empty(), "the oldest was dropped");
+        assert_eq!(
+            ahead.start(&format!("dir{LISTINGS}"), ""),
+            [format!("dir{LISTINGS}/f")]
+        );
         // Nothing in flight: no wait at all.
         tokio::time::timeout(Duration::from_millis(100), ahead.wait("d/zzz"))
             .await
