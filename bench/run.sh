@@ -57,6 +57,7 @@ missing=()
 command -v s3fs >/dev/null || missing+=(s3fs)
 command -v rclone >/dev/null || missing+=(rclone)
 command -v fusermount3 >/dev/null || missing+=(fuse3)
+command -v fio >/dev/null || missing+=(fio)
 # The build needs these (fuser links libfuse3).
 dpkg -s libfuse3-dev >/dev/null 2>&1 || missing+=(libfuse3-dev)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
@@ -208,7 +209,11 @@ B="b. seq read ${SIZE_MIB} MiB, warm"
 C="c. 4 readers x ${PAR_MIB} MiB"
 CR="c. peak RSS during (c)"
 D="d. read ${SMALL_COUNT} x 4 KiB (cat)"
+BN="b. MiB sent over loopback during (b)"
 E="e. ls -l of ${LIST_COUNT} keys"
+E2="e. the same ls -l again, 2 s later"
+J="j. ${SMALL_COUNT} random 4 KiB reads of the big file"
+JN="j. MiB sent over loopback during (j)"
 F="f. seq write ${SIZE_MIB} MiB (cp, to close)"
 G="g. create ${SMALL_COUNT} x 4 KiB (cp)"
 H="h. rm -r ${SMALL_COUNT} files"
@@ -218,6 +223,12 @@ record() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" >>"$TSV"; }
 fail() { record "$1" "$2" "$3" fail "$4"; }
 
 drop_caches() { sync && echo 3 >/proc/sys/vm/drop_caches; }
+
+# Bytes that crossed the loopback interface so far: every request and response between the
+# tools and the server (nothing else of note runs on it during a workload).
+lo_bytes() { awk '$1 == "lo:" { print $2 }' /proc/net/dev; }
+# MiB sent over loopback since lo_bytes printed $1.
+lo_mib_since() { awk -v a="$1" -v b="$(lo_bytes)" 'BEGIN { printf "%.1f", (b - a) / 1048576 }'; }
 
 # run_timed CMD...: run CMD under the timeout; T = wall seconds, OUT_TXT = its stdout,
 # WHY = the reason when it failed (status 1).
@@ -257,9 +268,12 @@ ceil() {
 
 run_ceiling() {
     local run=$1
+    local lo
     drop_caches
     ceil "$A" "$run" mbps get "${S3[@]}" --key big --concurrency "$CONC"
+    lo=$(lo_bytes)
     ceil "$B" "$run" mbps get "${S3[@]}" --key big --concurrency "$CONC"
+    record "$BN" ceiling "$run" net "$(lo_mib_since "$lo")"
     drop_caches
     if run_timed "$BENCH" get "${S3[@]}" --key par/r0 --key par/r1 --key par/r2 --key par/r3 \
         --concurrency "$CONC"; then
@@ -272,6 +286,11 @@ run_ceiling() {
     drop_caches
     ceil "$D" "$run" secs small-gets "${S3[@]}" --prefix small/
     ceil "$E" "$run" secs list "${S3[@]}" --prefix dir10k/
+    ceil "$E2" "$run" secs list "${S3[@]}" --prefix dir10k/
+    drop_caches
+    lo=$(lo_bytes)
+    ceil "$J" "$run" secs random-gets "${S3[@]}" --key big --count "$SMALL_COUNT" --size 4096
+    record "$JN" ceiling "$run" net "$(lo_mib_since "$lo")"
     ceil "$F" "$run" mbps put "${S3[@]}" --key w_big --size $((SIZE_MIB << 20)) --concurrency "$CONC"
     ceil "$G" "$run" secs small-puts "${S3[@]}" --prefix c/f --count "$SMALL_COUNT"
     ceil "$H" "$run" secs deletes "${S3[@]}" --prefix c/
@@ -333,6 +352,38 @@ mount_tool() {
     return 1
 }
 
+# ls -l of the 10,000 keys, recorded as workload $1.
+list_dir() {
+    local w=$1 tool=$2 run=$3 n
+    if run_timed ls -l "$MNT/dir10k"; then
+        n=$(grep -c '^-' "$WORK/out")
+        if ((n == LIST_COUNT)); then
+            record "$w" "$tool" "$run" secs "$T"
+        else
+            fail "$w" "$tool" "$run" "listed $n of $LIST_COUNT files"
+        fi
+    else
+        fail "$w" "$tool" "$run" "$WHY"
+    fi
+}
+
+# Random 4 KiB reads across the big file (fio, psync, the page cache dropped first), with the
+# bytes they made the mount fetch.
+random_reads() {
+    local tool=$1 run=$2 lo
+    drop_caches
+    lo=$(lo_bytes)
+    if run_timed fio --name=random --filename="$MNT/big" --readonly --rw=randread --bs=4k \
+        --io_size=$((SMALL_COUNT * 4))k --ioengine=psync --randrepeat=1 --invalidate=1 \
+        --output-format=terse; then
+        record "$J" "$tool" "$run" secs "$T"
+        record "$JN" "$tool" "$run" net "$(lo_mib_since "$lo")"
+    else
+        fail "$J" "$tool" "$run" "$WHY"
+        fail "$JN" "$tool" "$run" "$WHY"
+    fi
+}
+
 # Sequential read of MNT/big with dd, recorded as workload $1.
 read_big() {
     local w=$1 tool=$2 run=$3 got
@@ -378,23 +429,18 @@ four_readers() {
 }
 
 run_tool() {
-    local tool=$1 run=$2 n size w
+    local tool=$1 run=$2 size w lo
 
     # Mount 1: listing and small reads first (nothing cached yet), then the big file.
     drop_caches
     if ! mount_tool "$tool"; then
-        for w in "$E" "$D" "$A" "$B"; do fail "$w" "$tool" "$run" "$WHY"; done
+        for w in "$E" "$E2" "$D" "$A" "$B" "$BN"; do fail "$w" "$tool" "$run" "$WHY"; done
     else
-        if run_timed ls -l "$MNT/dir10k"; then
-            n=$(grep -c '^-' "$WORK/out")
-            if ((n == LIST_COUNT)); then
-                record "$E" "$tool" "$run" secs "$T"
-            else
-                fail "$E" "$tool" "$run" "listed $n of $LIST_COUNT files"
-            fi
-        else
-            fail "$E" "$tool" "$run" "$WHY"
-        fi
+        list_dir "$E" "$tool" "$run"
+        # Past every tool's attribute cache time (supamount: 1 s), so the listing is asked
+        # for again.
+        sleep 2
+        list_dir "$E2" "$tool" "$run"
         # The glob (readdir) is part of the workload, as in the ceiling's listing.
         # shellcheck disable=SC2016 # expanded by the inner shell
         if run_timed bash -c 'cat "$1"/small/* | wc -c' _ "$MNT"; then
@@ -408,16 +454,19 @@ run_tool() {
         fi
         drop_caches
         read_big "$A" "$tool" "$run"
+        lo=$(lo_bytes)
         read_big "$B" "$tool" "$run"
+        record "$BN" "$tool" "$run" net "$(lo_mib_since "$lo")"
         unmount_current
     fi
 
-    # Mount 2: parallel readers and memory, on a fresh process.
+    # Mount 2: parallel readers and memory, on a fresh process; then random reads.
     drop_caches
     if ! mount_tool "$tool"; then
-        for w in "$C" "$CR"; do fail "$w" "$tool" "$run" "$WHY"; done
+        for w in "$C" "$CR" "$J" "$JN"; do fail "$w" "$tool" "$run" "$WHY"; done
     else
         four_readers "$tool" "$run"
+        random_reads "$tool" "$run"
         unmount_current
     fi
 
@@ -513,8 +562,9 @@ command -v rclone >/dev/null && versions+=", rclone $(rclone version 2>/dev/null
     "$BENCH" report "$TSV" \
         --note "Figures: MB/s = 10^6 bytes/s (higher is better), s = seconds (lower is better), MiB = peak resident memory of the mount process (VmHWM; for the ceiling, of supamount-bench)." \
         --note "(x) = speed as a fraction of the raw-SDK ceiling: 1.00 as fast, 0.25 four times slower; for memory, a plain multiple of the ceiling's." \
-        --note "Ceiling = supamount-bench (aws-sdk-s3) against the same server: ranged 8 MiB GETs and multipart 8 MiB parts, $CONC in flight; (d) lists then GETs each key, (g)/(h) sequential PUTs/DELETEs, (i) GET of the old object plus multipart PUT of old + 1 MiB (the least without server-side append)." \
-        --note "Cold = fresh mount after sync; echo 3 > /proc/sys/vm/drop_caches. (e) and (d) run first on a fresh mount; (c) on its own fresh mount. Writes are timed until cp/cat returns, i.e. including close." \
+        --note "Ceiling = supamount-bench (aws-sdk-s3) against the same server: ranged 8 MiB GETs and multipart 8 MiB parts, $CONC in flight; (d) lists then GETs each key, (g)/(h) sequential PUTs/DELETEs, (i) GET of the old object plus multipart PUT of old + 1 MiB (the least without server-side append), (j) one 4 KiB ranged GET per read." \
+        --note "MiB sent = bytes through the loopback interface (requests, responses and their headers) during the workload: what a tool fetched, against what the ceiling needs for the same reads." \
+        --note "Cold = fresh mount after sync; echo 3 > /proc/sys/vm/drop_caches. (e) and (d) run first on a fresh mount; (c), then (j) with the page cache dropped, on their own fresh mount. Writes are timed until cp/cat returns, i.e. including close." \
         --note "rclone mount with --vfs-cache-mode off (its default), which refuses appends (O_APPEND without O_TRUNC); s3fs with its defaults, whose append of a large file copies the old parts with UploadPartCopy, which the local server answers with 501 NotImplemented (see logs/s3fs.log). mountpoint-s3 is not measured: it has no Debian package and prebuilt binaries cannot be downloaded here." \
         --note "The machine is shared (other builds run on its 2 cores) and the server runs on it too: figures are noisy, compare ratios rather than absolutes."
 } >"$OUT/latest.md" || die "rendering the report failed"

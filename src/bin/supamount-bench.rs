@@ -113,6 +113,18 @@ enum Cmd {
         #[arg(long)]
         prefix: String,
     },
+    /// COUNT sequential ranged GETs of SIZE bytes at random SIZE-aligned offsets of KEY (as
+    /// random reads through a filesystem are), after one untimed HEAD.
+    RandomGets {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        key: String,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = 4096)]
+        size: u64,
+    },
     /// Sequential DeleteObjects of every key under PREFIX (as `rm -r` does), after one
     /// untimed listing.
     Deletes {
@@ -135,7 +147,7 @@ enum Cmd {
     },
     /// Render the results file written by run.sh as a markdown table.
     Report {
-        /// Tab-separated lines: workload, tool, run, kind (mbps|secs|rss|fail), value.
+        /// Tab-separated lines: workload, tool, run, kind (mbps|secs|rss|net|fail), value.
         results: PathBuf,
         /// Lines printed under the table.
         #[arg(long = "note")]
@@ -218,6 +230,39 @@ async fn run(cmd: Cmd) -> Result<()> {
                 got as f64 / 1e6 / t,
                 peak_rss_mib()
             );
+        }
+        Cmd::RandomGets {
+            conn,
+            key,
+            count,
+            size,
+        } => {
+            let (client, bucket) = connect(&conn).await?;
+            let head = client.head_object().bucket(&bucket).key(&key).send().await;
+            let total = head
+                .with_context(|| format!("HEAD {key}"))?
+                .content_length();
+            let slots = (total.unwrap_or(0).max(0) as u64 / size.max(1)).max(1);
+            // A fixed xorshift sequence: every run reads the same offsets.
+            let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+            let start = Instant::now();
+            let mut got = 0u64;
+            for _ in 0..count {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let first = (state % slots) * size;
+                let out = client
+                    .get_object()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .range(format!("bytes={first}-{}", first + size - 1))
+                    .send()
+                    .await
+                    .with_context(|| format!("GET {key} at {first}"))?;
+                got += out.body.collect().await?.into_bytes().len() as u64;
+            }
+            println!("bytes={got} seconds={:.3}", secs(start));
         }
         Cmd::List { conn, prefix } => {
             let (client, bucket) = connect(&conn).await?;
@@ -579,6 +624,7 @@ fn report(path: &PathBuf, notes: &[String]) -> Result<String> {
             "mbps" => "MB/s",
             "secs" => "s",
             "rss" => "MiB",
+            "net" => "MiB sent",
             _ => "",
         };
         let ceiling = match cells.get(&(workload.clone(), TOOLS[0].to_string())) {
@@ -598,8 +644,8 @@ fn report(path: &PathBuf, notes: &[String]) -> Result<String> {
                         _ => format!("{m:.1}"),
                     };
                     // Ratios read as "fraction of the ceiling's speed" for rates and times
-                    // alike (1.00 = as fast, 0.25 = four times slower); memory is a plain
-                    // multiple.
+                    // alike (1.00 = as fast, 0.25 = four times slower); memory and bytes
+                    // sent are plain multiples.
                     let ratio = match (kind.as_str(), ceiling) {
                         (_, None) => None,
                         (_, Some(c)) if c <= 0.0 || m <= 0.0 => None,

@@ -3,10 +3,14 @@
 //! A block is keyed by (object key, ETag, block index), so a changed object never serves stale
 //! bytes: its new ETag simply misses. Least recently used blocks go first when the budget is
 //! full. Fetches are shared: while a block is being fetched, other readers of the same block
-//! wait for that fetch instead of sending their own GET. Nothing else holds object data for
+//! wait for that fetch instead of sending their own GET.
+//!
+//! The budget covers both the blocks at rest and the read-ahead in flight: an eighth of it is
+//! set aside for read-ahead GETs, the rest holds blocks. Nothing else holds object data for
 //! long, so the budget bounds the memory of reads however many files are open. An optional
-//! disk tier ([`disk`]) keeps blocks that leave memory.
+//! disk tier ([`disk`]) keeps a copy of fetched blocks, for when they have left memory.
 
+mod buffers;
 pub mod disk;
 
 use std::collections::HashMap;
@@ -18,6 +22,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use lru::LruCache;
 use tokio::sync::Semaphore;
 
+use self::buffers::BufferPool;
 use crate::store::{ObjectStore, StoreError};
 
 pub const BLOCK_SIZE: u64 = 1024 * 1024;
@@ -60,11 +65,14 @@ pub struct CacheStats {
 
 pub struct BlockCache {
     budget: u64,
+    /// The part of the budget for blocks at rest; the rest is for read-ahead in flight.
+    resting_budget: u64,
     disk: Option<Arc<disk::DiskTier>>,
     /// Blocks that read-ahead may have in flight at once, across all readers: without it, many
     /// readers' windows together could hold far more than the budget.
     prefetch_permits: Arc<Semaphore>,
     blocks: Mutex<Blocks>,
+    buffers: Arc<BufferPool>,
     in_flight: Mutex<HashMap<BlockKey, (u64, Fetch)>>,
     pub stats: CacheStats,
 }
@@ -103,17 +111,19 @@ impl BlockCache {
 
     /// Also keep up to the disk tier's budget of blocks on local disk.
     pub fn with_disk(budget: u64, disk: Option<disk::DiskTier>) -> Self {
-        // Blocks in flight are memory on top of the budget until they land in the cache; an
-        // eighth of it keeps several 8 MiB GETs going at the default budget.
-        let prefetch_blocks = (budget / 8 / BLOCK_SIZE).max(MAX_RUN_BLOCKS) as usize;
+        // An eighth of the budget keeps four 8 MiB GETs going at the default budget; at least
+        // one run is allowed however small the budget.
+        let prefetch_blocks = (budget / 8 / BLOCK_SIZE).max(MAX_RUN_BLOCKS);
         Self {
             budget,
+            resting_budget: budget.saturating_sub(prefetch_blocks * BLOCK_SIZE),
             disk: disk.map(Arc::new),
-            prefetch_permits: Arc::new(Semaphore::new(prefetch_blocks)),
+            prefetch_permits: Arc::new(Semaphore::new(prefetch_blocks as usize)),
             blocks: Mutex::new(Blocks {
                 lru: LruCache::unbounded(),
                 bytes: 0,
             }),
+            buffers: BufferPool::new(BLOCK_SIZE as usize, (budget / BLOCK_SIZE) as usize),
             in_flight: Mutex::new(HashMap::new()),
             stats: CacheStats::default(),
         }
@@ -121,6 +131,11 @@ impl BlockCache {
 
     pub fn budget(&self) -> u64 {
         self.budget
+    }
+
+    /// How many bytes of blocks memory holds at most, read-ahead in flight aside.
+    pub fn resting_budget(&self) -> u64 {
+        self.resting_budget
     }
 
     pub fn used(&self) -> u64 {
@@ -148,7 +163,7 @@ impl BlockCache {
     }
 
     fn insert_memory(&self, key: BlockKey, data: Bytes) {
-        if self.budget < data.len() as u64 {
+        if self.resting_budget < data.len() as u64 {
             return;
         }
         let mut blocks = lock(&self.blocks);
@@ -157,7 +172,7 @@ impl BlockCache {
             blocks.bytes -= old.len() as u64;
         }
         blocks.bytes += len;
-        while blocks.bytes > self.budget {
+        while blocks.bytes > self.resting_budget {
             match blocks.lru.pop_lru() {
                 Some((_, evicted)) => blocks.bytes -= evicted.len() as u64,
                 None => break,
@@ -325,8 +340,12 @@ impl BlockCache {
     ) -> Result<Arc<Vec<Bytes>>, FetchError> {
         let start = first * BLOCK_SIZE;
         let end = ((last + 1) * BLOCK_SIZE).min(object.size);
+        let expected = |i: u64| (((i + 1) * BLOCK_SIZE).min(end) - i * BLOCK_SIZE) as usize;
+        let buffers = (first..=last)
+            .map(|i| self.buffers.take(expected(i)))
+            .collect();
         let got = store
-            .get_range(&object.key, start, end)
+            .get_into(&object.key, start, end, buffers)
             .await
             .map_err(|e| FetchError::Store(Arc::new(e)))?;
         if let Some(seen) = &got.etag {
@@ -337,19 +356,22 @@ impl BlockCache {
                 });
             }
         }
-        if (got.data.len() as u64) < end - start {
+        if (first..=last)
+            .zip(&got.buffers)
+            .any(|(i, b)| b.len() != expected(i))
+        {
             return Err(FetchError::Short);
         }
         self.stats
             .fetched_bytes
-            .fetch_add(got.data.len() as u64, Ordering::Relaxed);
-        let mut blocks = Vec::with_capacity((last - first + 1) as usize);
-        for i in first..=last {
-            let from = (i * BLOCK_SIZE - start) as usize;
-            let to = (((i + 1) * BLOCK_SIZE).min(end) - start) as usize;
-            let block = got.data.slice(from..to);
+            .fetch_add(end - start, Ordering::Relaxed);
+        let blocks: Vec<Bytes> = got
+            .buffers
+            .into_iter()
+            .map(|b| self.buffers.freeze(b))
+            .collect();
+        for (i, block) in (first..=last).zip(&blocks) {
             self.insert(object.block_key(i), block.clone());
-            blocks.push(block);
         }
         Ok(Arc::new(blocks))
     }
@@ -406,7 +428,9 @@ mod tests {
 
     #[tokio::test]
     async fn budget_evicts_least_recently_used() {
-        let (cache, store, s) = setup(2 * BLOCK_SIZE);
+        // Eight blocks are set aside for read-ahead, two stay for blocks at rest.
+        let (cache, store, s) = setup(10 * BLOCK_SIZE);
+        assert_eq!(cache.resting_budget(), 2 * BLOCK_SIZE);
         let (obj, _) = object(&store, "f", 4 * BLOCK_SIZE as usize);
         cache.read_blocks(&s, &obj, 0, 3).await.unwrap();
         assert!(cache.used() <= 2 * BLOCK_SIZE);

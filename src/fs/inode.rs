@@ -33,6 +33,10 @@ pub struct Node {
     /// `meta` is trusted until then. A listing refreshes the other attributes but carries no
     /// metadata, so this can lag behind `valid_until`.
     pub meta_until: Instant,
+    /// The object version (ETag, Last-Modified) that `meta` was read from. A listing showing
+    /// the same version vouches for the metadata too: changing metadata rewrites the object,
+    /// which changes its Last-Modified.
+    pub meta_version: Option<Version>,
     /// ETag at the last read-only open: if it is unchanged at the next open, the kernel may
     /// keep the pages it cached.
     pub opened_etag: Option<String>,
@@ -50,6 +54,24 @@ pub struct Observed {
     /// The object's metadata, when this observation read it (a HEAD, or our own write);
     /// `None` from a listing.
     pub meta: Option<PosixMeta>,
+}
+
+/// An object version as listings and HEADs both show it: the ETag and the Last-Modified time
+/// in whole seconds (a HEAD's date has no finer precision).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    etag: String,
+    modified_secs: u64,
+}
+
+impl Version {
+    fn of(seen: &Observed) -> Option<Self> {
+        let modified = seen.mtime.duration_since(std::time::UNIX_EPOCH).ok()?;
+        Some(Self {
+            etag: seen.etag.clone()?,
+            modified_secs: modified.as_secs(),
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -71,6 +93,7 @@ impl InodeTable {
             // The root always exists; its attributes never need the server.
             valid_until: Instant::now() + std::time::Duration::from_secs(u32::MAX as u64),
             meta_until: Instant::now() + std::time::Duration::from_secs(u32::MAX as u64),
+            meta_version: None,
             opened_etag: None,
             lookups: 1,
         };
@@ -108,20 +131,25 @@ impl InodeTable {
                     seen.kind = Kind::Symlink;
                 }
                 if node.kind == seen.kind {
+                    let version = Version::of(&seen);
+                    if let Some(meta) = seen.meta {
+                        node.meta = meta;
+                        node.meta_until = valid_until;
+                        node.meta_version = version;
+                    } else if version.is_some() && version == node.meta_version {
+                        node.meta_until = valid_until;
+                    }
                     node.size = seen.size;
                     node.mtime = seen.mtime;
                     node.etag = seen.etag;
                     node.valid_until = valid_until;
-                    if let Some(meta) = seen.meta {
-                        node.meta = meta;
-                        node.meta_until = valid_until;
-                    }
                     return ino;
                 }
             }
         }
         let ino = self.next;
         self.next += 1;
+        let meta_version = seen.meta.as_ref().and_then(|_| Version::of(&seen));
         self.nodes.insert(
             ino,
             Node {
@@ -136,6 +164,7 @@ impl InodeTable {
                     Instant::now()
                 },
                 meta: seen.meta.unwrap_or_default(),
+                meta_version,
                 valid_until,
                 opened_etag: None,
                 lookups: 0,
@@ -173,14 +202,6 @@ impl InodeTable {
             if let Some(node) = self.nodes.get_mut(&ino) {
                 node.valid_until = Instant::now();
             }
-        }
-    }
-
-    /// Make the attributes of `path` stale, so the next use asks the server.
-    pub fn invalidate(&mut self, path: &str) {
-        if let Some(node) = self.ino_of(path).and_then(|i| self.nodes.get_mut(&i)) {
-            node.valid_until = Instant::now();
-            node.meta_until = node.valid_until;
         }
     }
 

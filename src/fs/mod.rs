@@ -149,7 +149,7 @@ enum Handle {
 struct FileHandle {
     open: Arc<OpenFile>,
     writable: bool,
-    reader: tokio::sync::Mutex<Reader>,
+    reader: Reader,
     /// The process that opened it, when known (see [`Fs::flush`]).
     opener: std::sync::OnceLock<u32>,
 }
@@ -648,6 +648,8 @@ impl Fs {
         if let Some(node) = lock(&self.inodes).get_mut(attr.ino) {
             node.meta = meta;
             node.meta_until = until;
+            // The REPLACE made a new version, whose Last-Modified only the server knows.
+            node.meta_version = None;
         }
         Ok(())
     }
@@ -1191,7 +1193,7 @@ impl Fs {
         let handle = FileHandle {
             open,
             writable: mode.write,
-            reader: tokio::sync::Mutex::new(reader),
+            reader,
             opener: std::sync::OnceLock::new(),
         };
         Ok(self.add_handle(Handle::File(Arc::new(handle))))
@@ -1230,7 +1232,7 @@ impl Fs {
     }
 
     async fn download_into(&self, staging: &Staging, key: &str, size: u64) -> FsResult<()> {
-        let mut reader = Reader::new(key.to_string(), size, None);
+        let reader = Reader::new(key.to_string(), size, None);
         let mut offset = 0;
         while offset < size {
             let chunk = reader
@@ -1251,8 +1253,9 @@ impl Fs {
         if let Some(staging) = handle.open.staging() {
             return staging.read_at(offset, size).await;
         }
-        let mut reader = handle.reader.lock().await;
-        reader.read(&self.store, &self.cache, offset, size).await
+        (handle.reader)
+            .read(&self.store, &self.cache, offset, size)
+            .await
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> FsResult<u32> {

@@ -9,8 +9,12 @@
 //! the window and fetches exactly the bytes asked for, uncached, so random access never
 //! downloads what nobody reads. Read-ahead stops with the handle: it only ever runs ahead of
 //! reads that arrive.
+//!
+//! The kernel sends several reads of one handle at once. The reader's state is locked only to
+//! classify a read and plan its read-ahead; the data is awaited without the lock, so those
+//! reads wait for their blocks together rather than one after another.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 
@@ -22,20 +26,38 @@ use crate::store::ObjectStore;
 const INITIAL_WINDOW: u64 = BLOCK_SIZE;
 /// Enough GETs in flight to keep a fast link busy.
 const MAX_WINDOW: u64 = 64 * 1024 * 1024;
-/// The kernel sends its own read-ahead requests concurrently, so they may arrive slightly out
-/// of order; reads landing this close after the last one still count as sequential.
+/// The kernel's concurrent reads of one handle may arrive slightly out of order; once a
+/// handle reads sequentially, reads landing this close to where the last one ended still
+/// count as sequential.
 const SEQUENTIAL_SLACK: u64 = 2 * 1024 * 1024;
 
 #[derive(Debug)]
 pub struct Reader {
     key: Arc<str>,
     size: u64,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
     etag: Option<Arc<str>>,
     /// Where the last read ended.
     next: u64,
+    /// Whether the last read continued the one before: only then does a nearby read count as
+    /// sequential too, so that two random reads that happen to land close together do not
+    /// start read-ahead.
+    streaming: bool,
     window: u64,
     /// Blocks below this index have been asked for already.
     prefetched_to: u64,
+}
+
+/// What one read does, decided under the lock.
+enum Plan {
+    /// Through the block cache, pinned to this version.
+    Blocks(Pinned),
+    /// One exact GET; the version is checked against this ETag if one is known.
+    Direct(Option<Arc<str>>),
 }
 
 impl Reader {
@@ -44,15 +66,22 @@ impl Reader {
         Self {
             key: key.into(),
             size,
-            etag: etag.map(Into::into),
-            next: 0,
-            window: INITIAL_WINDOW,
-            prefetched_to: 0,
+            state: Mutex::new(State {
+                etag: etag.map(Into::into),
+                next: 0,
+                streaming: false,
+                window: INITIAL_WINDOW,
+                prefetched_to: 0,
+            }),
         }
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub async fn read(
-        &mut self,
+        &self,
         store: &Arc<dyn ObjectStore>,
         cache: &Arc<BlockCache>,
         offset: u64,
@@ -62,64 +91,82 @@ impl Reader {
             return Ok(Bytes::new());
         }
         let end = (offset + len as u64).min(self.size);
-        let sequential = offset >= self.next.saturating_sub(SEQUENTIAL_SLACK)
-            && offset <= self.next + SEQUENTIAL_SLACK;
-        self.next = end;
-        let Some(etag) = self.etag.clone().filter(|_| sequential) else {
-            self.window = INITIAL_WINDOW;
-            return self.read_direct(store.as_ref(), offset, end).await;
+        match self.plan(store, cache, offset, end) {
+            Plan::Blocks(object) => {
+                let (first, last) = (offset / BLOCK_SIZE, (end - 1) / BLOCK_SIZE);
+                let blocks = cache
+                    .read_blocks(store, &object, first, last)
+                    .await
+                    .map_err(|e| self.fetch_failed(e))?;
+                Ok(slice_blocks(&blocks, first, offset, end))
+            }
+            Plan::Direct(etag) => self.read_direct(store.as_ref(), etag, offset, end).await,
+        }
+    }
+
+    /// Classify the read, and for a sequential one grow the window and ask for the blocks it
+    /// covers that nobody asked for yet.
+    fn plan(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        cache: &Arc<BlockCache>,
+        offset: u64,
+        end: u64,
+    ) -> Plan {
+        let mut state = self.state();
+        let near = offset >= state.next.saturating_sub(SEQUENTIAL_SLACK)
+            && offset <= state.next + SEQUENTIAL_SLACK;
+        let sequential = offset == state.next || (near && state.streaming);
+        state.streaming = sequential;
+        state.next = state.next.max(end);
+        if !sequential {
+            state.next = end;
+        }
+        let Some(etag) = state.etag.clone().filter(|_| sequential) else {
+            state.window = INITIAL_WINDOW;
+            return Plan::Direct(state.etag.clone());
         };
         let object = Pinned {
             key: self.key.clone(),
             etag,
             size: self.size,
         };
-        let (first, last) = (offset / BLOCK_SIZE, (end - 1) / BLOCK_SIZE);
-        self.read_ahead(store, cache, &object, end);
-        let blocks = cache
-            .read_blocks(store, &object, first, last)
-            .await
-            .map_err(|e| self.fetch_failed(e))?;
-        Ok(slice_blocks(&blocks, first, offset, end))
-    }
-
-    /// Grow the window and ask for the blocks it covers that nobody asked for yet.
-    fn read_ahead(
-        &mut self,
-        store: &Arc<dyn ObjectStore>,
-        cache: &Arc<BlockCache>,
-        object: &Pinned,
-        end: u64,
-    ) {
-        // Never let one reader's read-ahead take more than a quarter of the cache.
-        let cap = (cache.budget() / 4).clamp(BLOCK_SIZE, MAX_WINDOW);
-        self.window = (self.window * 2).min(cap);
-        let from = self.prefetched_to.max(end.div_ceil(BLOCK_SIZE));
-        let to = (end + self.window)
+        // Never let one reader's read-ahead take more than a quarter of the cache, or four
+        // readers would evict each other's blocks before reading them.
+        let cap = (cache.resting_budget() / 4).clamp(BLOCK_SIZE, MAX_WINDOW);
+        state.window = (state.window * 2).min(cap);
+        let from = state.prefetched_to.max(end.div_ceil(BLOCK_SIZE));
+        let to = (end + state.window)
             .div_ceil(BLOCK_SIZE)
             .min(object.block_count());
         if from < to {
-            self.prefetched_to = from + cache.prefetch(store, object, from, to - 1);
+            state.prefetched_to = from + cache.prefetch(store, &object, from, to - 1);
         }
+        Plan::Blocks(object)
     }
 
-    /// One GET of exactly `offset..end`, checked against the pinned version.
+    /// One GET of exactly `offset..end`, checked against the pinned version (or pinning it).
     async fn read_direct(
-        &mut self,
+        &self,
         store: &dyn ObjectStore,
+        pinned: Option<Arc<str>>,
         offset: u64,
         end: u64,
     ) -> FsResult<Bytes> {
         let got = store.get_range(&self.key, offset, end).await?;
-        match (&self.etag, got.etag) {
-            (Some(pinned), Some(seen)) if **pinned != *seen => {
+        if let Some(seen) = got.etag {
+            let expected = match pinned {
+                Some(etag) => etag,
+                None => (self.state().etag)
+                    .get_or_insert_with(|| seen.as_str().into())
+                    .clone(),
+            };
+            if *expected != *seen {
                 return Err(self.fetch_failed(FetchError::Changed {
-                    expected: pinned.to_string(),
+                    expected: expected.to_string(),
                     seen,
-                }))
+                }));
             }
-            (None, Some(seen)) => self.etag = Some(seen.into()),
-            _ => {}
         }
         if (got.data.len() as u64) < end - offset {
             return Err(self.fetch_failed(FetchError::Short));
@@ -179,7 +226,7 @@ mod tests {
     #[tokio::test]
     async fn sequential_reads_return_exact_bytes_with_few_requests() {
         let data = pattern(40 * 1024 * 1024 + 123);
-        let (store, s, cache, mut reader) = setup(&data);
+        let (store, s, cache, reader) = setup(&data);
         let mut out = Vec::new();
         while out.len() < data.len() {
             let chunk = reader
@@ -197,7 +244,7 @@ mod tests {
     #[tokio::test]
     async fn random_reads_fetch_only_what_is_read() {
         let data = pattern(40 * 1024 * 1024);
-        let (store, s, cache, mut reader) = setup(&data);
+        let (store, s, cache, reader) = setup(&data);
         // A fixed shuffle of 4 KiB reads all over the object, never two in a row.
         let offsets: Vec<u64> = (0..200u64)
             .map(|i| (i * 7_919 * 4096) % (40 << 20))
@@ -220,10 +267,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_a_read_continuing_the_last_one_starts_read_ahead() {
+        let data = pattern(40 * 1024 * 1024);
+        let (store, s, cache, reader) = setup(&data);
+        let fetched = || {
+            cache
+                .stats
+                .fetched_bytes
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        // Two random reads 1 MiB apart: near each other, but neither continues the other.
+        for offset in [10 << 20, 11 << 20] {
+            let got = reader.read(&s, &cache, offset, 4096).await.unwrap();
+            assert_eq!(&got[..], &data[offset as usize..offset as usize + 4096]);
+        }
+        assert_eq!(fetched(), 0);
+        assert_eq!(store.count(Op::Get), 2);
+        // The next read starts where the last ended: a sequential reader now.
+        let offset = (11 << 20) + 4096;
+        let got = reader.read(&s, &cache, offset, 4096).await.unwrap();
+        assert_eq!(&got[..], &data[offset as usize..offset as usize + 4096]);
+        assert!(fetched() >= BLOCK_SIZE);
+    }
+
+    #[tokio::test]
     async fn two_readers_of_one_object_get_the_same_bytes() {
         let data = pattern(40 * 1024 * 1024);
-        let (_, s, cache, mut a) = setup(&data);
-        let mut b = Reader::new("f".into(), data.len() as u64, None);
+        let (_, s, cache, a) = setup(&data);
+        let b = Reader::new("f".into(), data.len() as u64, None);
         let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
         while out_a.len() < data.len() {
             let (x, y) = tokio::join!(
@@ -239,10 +310,10 @@ mod tests {
 
     #[tokio::test]
     async fn end_of_file_and_empty_objects_need_no_request() {
-        let (store, s, cache, mut reader) = setup(b"");
+        let (store, s, cache, reader) = setup(b"");
         assert!(reader.read(&s, &cache, 0, 4096).await.unwrap().is_empty());
         assert_eq!(store.count(Op::Get), 0);
-        let (store, s, cache, mut reader) = setup(b"abc");
+        let (store, s, cache, reader) = setup(b"abc");
         assert_eq!(&reader.read(&s, &cache, 1, 4096).await.unwrap()[..], b"bc");
         assert!(reader.read(&s, &cache, 3, 4096).await.unwrap().is_empty());
         assert_eq!(store.count(Op::Get), 1);
@@ -251,7 +322,7 @@ mod tests {
     #[tokio::test]
     async fn a_changed_object_fails_the_read() {
         let data = pattern(3 * 1024 * 1024);
-        let (store, s, cache, mut reader) = setup(&data);
+        let (store, s, cache, reader) = setup(&data);
         reader.read(&s, &cache, 0, 4096).await.unwrap();
         store.insert("f", vec![2u8; 3 * 1024 * 1024]);
         let err = reader

@@ -631,6 +631,34 @@ async fn a_listing_alone_does_not_claim_to_know_metadata() {
 }
 
 #[tokio::test]
+async fn metadata_stays_trusted_while_listings_show_the_same_version() {
+    let ttl = Duration::from_millis(50);
+    let h = harness_with("", ttl);
+    h.store.insert("f", "x");
+    h.store.set_modified("f", at(1_000_000, 0));
+    h.fs.lookup(ROOT, "f").await.unwrap();
+    tokio::time::sleep(2 * ttl).await;
+    let heads = h.store.count(Op::Head);
+    h.names(ROOT).await;
+    assert_eq!(h.attr("f").await.perm, 0o644);
+    assert_eq!(h.store.count(Op::Head), heads, "the listing vouched for it");
+
+    // Another client's chmod rewrites the object, which gets a new Last-Modified.
+    let mode = PosixMeta {
+        mode: Some(S_IFREG | 0o600),
+        ..Default::default()
+    };
+    h.store
+        .replace_metadata("f", &mode.to_user_meta())
+        .await
+        .unwrap();
+    h.store.set_modified("f", at(1_000_001, 0));
+    tokio::time::sleep(2 * ttl).await;
+    h.names(ROOT).await;
+    assert_eq!(h.attr("f").await.perm, 0o600);
+}
+
+#[tokio::test]
 async fn without_metadata_modes_are_not_kept_and_links_refused() {
     let store = Arc::new(MemoryStore::new());
     let h = mount(store.clone(), "", Duration::ZERO, false);

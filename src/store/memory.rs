@@ -99,6 +99,13 @@ impl MemoryStore {
             .insert(key.to_string(), stored(data, UserMeta::new()));
     }
 
+    /// Set the Last-Modified time of `key`, as the server's clock would have.
+    pub fn set_modified(&self, key: &str, modified: SystemTime) {
+        if let Some(object) = self.lock().objects.get_mut(key) {
+            object.modified = modified;
+        }
+    }
+
     /// The user metadata stored with `key`, bypassing the request path.
     pub fn metadata(&self, key: &str) -> Option<UserMeta> {
         self.lock().objects.get(key).map(|o| o.meta.clone())

@@ -49,6 +49,13 @@ pub struct GetResult {
     pub etag: Option<String>,
 }
 
+/// A ranged GET received into buffers the caller gave, with the ETag of the version.
+#[derive(Debug)]
+pub struct Filled {
+    pub buffers: Vec<Vec<u8>>,
+    pub etag: Option<String>,
+}
+
 /// A part already uploaded to a multipart upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompletedPart {
@@ -125,6 +132,25 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Bytes `start..end` (end exclusive, `end > start`) of the object.
     async fn get_range(&self, key: &str, start: u64, end: u64) -> StoreResult<GetResult>;
 
+    /// Bytes `start..end` received into `buffers`, in order, each filled up to its capacity
+    /// (the caller sizes them to add up to the range; bytes beyond are dropped). This lets a
+    /// cache receive data straight into buffers it reuses; a store that receives the body in
+    /// chunks copies each chunk once, and never holds the whole range twice.
+    async fn get_into(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+        mut buffers: Vec<Vec<u8>>,
+    ) -> StoreResult<Filled> {
+        let got = self.get_range(key, start, end).await?;
+        fill(&mut buffers, &got.data);
+        Ok(Filled {
+            buffers,
+            etag: got.etag,
+        })
+    }
+
     /// Upload a whole object from memory; returns its ETag when the server gives one.
     async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<Option<String>>;
 
@@ -158,4 +184,20 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Delete one key; deleting a missing key is not an error.
     async fn delete(&self, key: &str) -> StoreResult<()>;
+}
+
+/// Append `data` to the first of `buffers` with room left, then the next, and so on, without
+/// growing any of them; returns how much of `data` found room.
+pub fn fill(buffers: &mut [Vec<u8>], mut data: &[u8]) -> usize {
+    let total = data.len();
+    for buffer in buffers.iter_mut() {
+        let room = buffer.capacity() - buffer.len();
+        let take = room.min(data.len());
+        buffer.extend_from_slice(&data[..take]);
+        data = &data[take..];
+        if data.is_empty() {
+            break;
+        }
+    }
+    total - data.len()
 }

@@ -13,7 +13,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    CompletedPart, GetResult, ListPage, ObjectInfo, ObjectStore, StoreError, StoreResult, UserMeta,
+    CompletedPart, Filled, GetResult, ListPage, ObjectInfo, ObjectStore, StoreError, StoreResult,
+    UserMeta,
 };
 
 /// Bound on the keys remembered as "already logged", so a long-lived mount cannot grow it
@@ -151,6 +152,27 @@ impl<S: ObjectStore> ObjectStore for RenewingStore<S> {
     async fn get_range(&self, key: &str, start: u64, end: u64) -> StoreResult<GetResult> {
         self.call(key, || self.inner.get_range(key, start, end))
             .await
+    }
+
+    async fn get_into(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+        buffers: Vec<Vec<u8>>,
+    ) -> StoreResult<Filled> {
+        // A retry starts again from empty buffers of the same sizes.
+        let sizes: Vec<usize> = buffers.iter().map(Vec::capacity).collect();
+        let first = std::sync::Mutex::new(Some(buffers));
+        self.call(key, || {
+            let buffers = first
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or_else(|| sizes.iter().map(|&n| Vec::with_capacity(n)).collect());
+            self.inner.get_into(key, start, end, buffers)
+        })
+        .await
     }
 
     async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<Option<String>> {

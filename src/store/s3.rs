@@ -16,7 +16,8 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 
 use super::{
-    CompletedPart, GetResult, ListPage, ObjectInfo, ObjectStore, StoreError, StoreResult, UserMeta,
+    fill, CompletedPart, Filled, GetResult, ListPage, ObjectInfo, ObjectStore, StoreError,
+    StoreResult, UserMeta,
 };
 use crate::error_chain::error_chain;
 
@@ -187,6 +188,21 @@ impl ObjectStore for S3Store {
     }
 
     async fn get_range(&self, key: &str, start: u64, end: u64) -> StoreResult<GetResult> {
+        let buffer = Vec::with_capacity((end - start) as usize);
+        let mut got = self.get_into(key, start, end, vec![buffer]).await?;
+        Ok(GetResult {
+            data: Bytes::from(got.buffers.pop().unwrap_or_default()),
+            etag: got.etag,
+        })
+    }
+
+    async fn get_into(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+        mut buffers: Vec<Vec<u8>>,
+    ) -> StoreResult<Filled> {
         let out = self
             .client
             .get_object()
@@ -197,15 +213,13 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| map_err(e, &self.bucket, key))?;
         let etag = out.e_tag().map(str::to_string);
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Transient {
-                message: format!("reading the body of {key:?}: {}", error_chain(&e)),
-            })?
-            .into_bytes();
-        Ok(GetResult { data, etag })
+        let mut body = out.body;
+        while let Some(chunk) = body.try_next().await.map_err(|e| StoreError::Transient {
+            message: format!("reading the body of {key:?}: {}", error_chain(&e)),
+        })? {
+            fill(&mut buffers, &chunk);
+        }
+        Ok(Filled { buffers, etag })
     }
 
     async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<Option<String>> {
