@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::fs::{Attr, Fs, FsError, Kind, Level, MetaChange, OpenMode};
 
 /// Largest read and write the kernel sends in one request: fewer round trips per MiB.
-const MAX_IO_SIZE: u32 = 1024 * 1024;
+pub const MAX_IO_SIZE: u32 = 1024 * 1024;
 
 /// A fuser reply that can carry an errno.
 trait FailReply: Send + 'static {

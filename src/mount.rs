@@ -186,6 +186,11 @@ pub fn serve(
             .map_err(|e| tracing::warn!("`supamount status` will not work for this mount: {e:#}"))
             .ok()
     };
+    #[cfg(target_os = "linux")]
+    {
+        let mountpoint = cfg.mountpoint.clone();
+        runtime.spawn_blocking(move || raise_read_ahead(&mountpoint));
+    }
     readiness.ready(ready_line);
     crate::notify::ready();
 
@@ -216,6 +221,41 @@ pub fn serve(
     });
     tracing::info!("unmounted");
     result
+}
+
+/// The kernel's read-ahead for this mount, in KiB: as large as one FUSE read can be.
+#[cfg(target_os = "linux")]
+const READ_AHEAD_KB: u32 = crate::fuse::MAX_IO_SIZE / 1024;
+
+/// Linux gives a FUSE mount 128 KiB of read-ahead, so a sequential reader's data arrives in
+/// 128 KiB requests; with 1 MiB, the same read costs an eighth of the requests (measured on
+/// the local server: 1 GiB read at 1.1–1.2 GB/s instead of 0.9). The setting lives in sysfs,
+/// where only root may change it, and is taken only after the kernel's handshake with this
+/// process, which `stat` of the mountpoint waits for. Others keep 128 KiB; the README says
+/// how to raise it by hand.
+#[cfg(target_os = "linux")]
+fn raise_read_ahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let dev = match std::fs::metadata(mountpoint) {
+        Ok(meta) => meta.dev(),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot stat the mountpoint; read-ahead left as it is");
+            return;
+        }
+    };
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    match std::fs::write(&knob, READ_AHEAD_KB.to_string()) {
+        Ok(()) => tracing::debug!(knob, kib = READ_AHEAD_KB, "raised the kernel's read-ahead"),
+        Err(e) => tracing::debug!(
+            knob,
+            error = %e,
+            "the kernel's read-ahead stays at its default (raising it needs root)"
+        ),
+    }
 }
 
 async fn wait_for_stop_signal() {

@@ -23,6 +23,7 @@ e2e_tests! {
     echo_cat_ls,
     copy_100mib,
     large_read_write,
+    kernel_read_ahead_raised,
     dd_odd_blocks_eof_empty,
     list_3700_entries,
     rename_file,
@@ -211,6 +212,34 @@ fn large_read_write(b: &Backend) {
     drop(f);
     assert_same_bytes("r.bin read whole", &fs::read(m.p("r.bin")).unwrap(), &rdata);
     assert_eq!(b.all_keys(), ["r.bin", "w.bin"]);
+}
+
+/// Run as root, a mount raises the kernel's read-ahead for itself from 128 KiB to 1 MiB, so
+/// sequential reads arrive as 1 MiB requests. Others cannot change it (sysfs is root's).
+fn kernel_read_ahead_raised(b: &Backend) {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: the read-ahead cannot be raised, nothing to check");
+        return;
+    }
+    let m = b.mount();
+    let dev = fs::metadata(&m.path).unwrap().dev();
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    // Raised in the background once the kernel's handshake is done: wait, bounded.
+    let mut kb = String::new();
+    for _ in 0..100 {
+        kb = fs::read_to_string(&knob).unwrap().trim().to_string();
+        if kb == "1024" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(kb, "1024", "{knob}");
 }
 
 /// `dd` with odd block sizes in and out, partial and past-EOF reads, an overwrite in place with
