@@ -104,7 +104,7 @@ impl Pinned {
 }
 
 impl BlockCache {
-    /// A cache holding at most `budget` bytes of blocks in memory.
+    /// A cache holding at most `budget` bytes of blocks in memory, read-ahead in flight included.
     pub fn new(budget: u64) -> Self {
         Self::with_disk(budget, None)
     }
