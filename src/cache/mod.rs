@@ -28,7 +28,7 @@ use crate::store::{ObjectStore, StoreError};
 pub const BLOCK_SIZE: u64 = 1024 * 1024;
 /// Longest run of blocks fetched with one GET: fewer requests, yet small enough that several
 /// run at once.
-const MAX_RUN_BLOCKS: u64 = 8;
+pub const MAX_RUN_BLOCKS: u64 = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BlockKey {
@@ -241,11 +241,19 @@ impl BlockCache {
         if first > last {
             return 0;
         }
+        // With few permits left, take whole runs or nothing: a sliver now would be a small
+        // GET, while waiting for the next read lets a full run go.
+        let wanted = last - first + 1;
         let available = self.prefetch_permits.available_permits() as u64;
-        if available == 0 {
+        let take = if available >= wanted {
+            wanted
+        } else {
+            available - available % MAX_RUN_BLOCKS
+        };
+        if take == 0 {
             return 0;
         }
-        let last = last.min(first + available - 1);
+        let last = first + take - 1;
         let Ok(permits) = self
             .prefetch_permits
             .clone()
@@ -477,6 +485,17 @@ mod tests {
         let (obj, _) = object(&store, "f", 32 * BLOCK_SIZE as usize);
         assert_eq!(cache.prefetch(&s, &obj, 0, 31), 16);
         assert_eq!(cache.prefetch(&s, &obj, 16, 31), 0);
+    }
+
+    #[tokio::test]
+    async fn read_ahead_short_of_permits_waits_for_a_whole_run() {
+        let (cache, store, s) = setup(128 * BLOCK_SIZE);
+        let (obj, _) = object(&store, "f", 32 * BLOCK_SIZE as usize);
+        assert_eq!(cache.prefetch(&s, &obj, 0, 11), 12);
+        // Four of sixteen permits left: no four-block sliver of an eight-block request...
+        assert_eq!(cache.prefetch(&s, &obj, 12, 19), 0);
+        // ...but a request that fits is taken whole.
+        assert_eq!(cache.prefetch(&s, &obj, 12, 13), 2);
     }
 
     #[tokio::test]
