@@ -5,9 +5,11 @@
 //! full. Fetches are shared: while a block is being fetched, other readers of the same block
 //! wait for that fetch instead of sending their own GET.
 //!
-//! The budget covers both the blocks at rest and the read-ahead in flight: an eighth of it is
-//! set aside for read-ahead GETs, the rest holds blocks. Nothing else holds object data for
-//! long, so the budget bounds the memory of reads however many files are open. An optional
+//! The budget covers both the blocks at rest and the GETs in flight: an eighth of it is set
+//! aside for read-ahead GETs, a quarter of that again for GETs of reads that found their block
+//! neither cached nor coming (they wait for a permit), the rest holds blocks. Nothing else
+//! holds object data for long, so the budget bounds the memory of reads however many files are
+//! open. An optional
 //! disk tier ([`disk`]) keeps a copy of fetched blocks, for when they have left memory.
 
 mod buffers;
@@ -63,6 +65,13 @@ pub struct CacheStats {
     pub fetched_bytes: AtomicU64,
 }
 
+/// Who starts a fetch: a read waiting for its blocks, or read-ahead.
+#[derive(Debug, Clone, Copy)]
+enum Demand {
+    Read,
+    ReadAhead,
+}
+
 pub struct BlockCache {
     budget: u64,
     /// The part of the budget for blocks at rest; the rest is for read-ahead in flight.
@@ -71,6 +80,11 @@ pub struct BlockCache {
     /// Blocks that read-ahead may have in flight at once, across all readers: without it, many
     /// readers' windows together could hold far more than the budget.
     prefetch_permits: Arc<Semaphore>,
+    /// Blocks that reads waiting for them may have in flight at once. Separate from read-ahead's
+    /// permits, which are held while read-ahead waits for fetches that reads started: one
+    /// shared limit could then be held by waiters only.
+    demand_permits: Arc<Semaphore>,
+    demand_blocks: u32,
     blocks: Mutex<Blocks>,
     buffers: Arc<BufferPool>,
     in_flight: Mutex<HashMap<BlockKey, (u64, Fetch)>>,
@@ -112,13 +126,18 @@ impl BlockCache {
     /// Also keep up to the disk tier's budget of blocks on local disk.
     pub fn with_disk(budget: u64, disk: Option<disk::DiskTier>) -> Self {
         // An eighth of the budget keeps four 8 MiB GETs going at the default budget; at least
-        // one run is allowed however small the budget.
+        // one run is allowed however small the budget. Reads that find their block neither
+        // cached nor coming get a quarter of that: with many files open, the kernel's reads
+        // in flight would otherwise each bring a block outside the budget.
         let prefetch_blocks = (budget / 8 / BLOCK_SIZE).max(MAX_RUN_BLOCKS);
+        let demand_blocks = (prefetch_blocks / 4).max(2);
         Self {
             budget,
-            resting_budget: budget.saturating_sub(prefetch_blocks * BLOCK_SIZE),
+            resting_budget: budget.saturating_sub((prefetch_blocks + demand_blocks) * BLOCK_SIZE),
             disk: disk.map(Arc::new),
             prefetch_permits: Arc::new(Semaphore::new(prefetch_blocks as usize)),
+            demand_permits: Arc::new(Semaphore::new(demand_blocks as usize)),
+            demand_blocks: demand_blocks as u32,
             blocks: Mutex::new(Blocks {
                 lru: LruCache::unbounded(),
                 bytes: 0,
@@ -216,7 +235,7 @@ impl BlockCache {
         self.stats
             .misses
             .fetch_add(missing.len() as u64, Ordering::Relaxed);
-        for (index, fetch, run_first) in self.claim(store, object, &missing) {
+        for (index, fetch, run_first) in self.claim(store, object, &missing, Demand::Read) {
             let run = fetch.await?;
             let position = (index - first) as usize;
             found[position] = run.get((index - run_first) as usize).cloned();
@@ -265,7 +284,7 @@ impl BlockCache {
             .filter(|&i| !self.holds(&object.block_key(i)))
             .collect();
         let fetches: Vec<Fetch> = self
-            .claim(store, object, &missing)
+            .claim(store, object, &missing, Demand::ReadAhead)
             .into_iter()
             .map(|(_, fetch, _)| fetch)
             .collect();
@@ -285,6 +304,7 @@ impl BlockCache {
         store: &Arc<dyn ObjectStore>,
         object: &Pinned,
         indexes: &[u64],
+        demand: Demand,
     ) -> Vec<(u64, Fetch, u64)> {
         let mut in_flight = lock(&self.in_flight);
         let mut out = Vec::with_capacity(indexes.len());
@@ -296,7 +316,7 @@ impl BlockCache {
                 return;
             }
             let (run_first, run_last) = (run[0], run[run.len() - 1]);
-            let fetch = self.fetch_run(store.clone(), object.clone(), run_first, run_last);
+            let fetch = self.fetch_run(store.clone(), object.clone(), run_first, run_last, demand);
             for &i in run.iter() {
                 in_flight.insert(object.block_key(i), (run_first, fetch.clone()));
                 out.push((i, fetch.clone(), run_first));
@@ -325,9 +345,18 @@ impl BlockCache {
         object: Pinned,
         first: u64,
         last: u64,
+        demand: Demand,
     ) -> Fetch {
         let cache = self.clone();
         async move {
+            // Read-ahead took its permits before it claimed the run.
+            let _permits = match demand {
+                Demand::Read => {
+                    let blocks = ((last - first + 1) as u32).min(cache.demand_blocks);
+                    cache.demand_permits.acquire_many(blocks).await.ok()
+                }
+                Demand::ReadAhead => None,
+            };
             let result = cache.get_run(&*store, &object, first, last).await;
             let mut in_flight = lock(&cache.in_flight);
             for i in first..=last {
@@ -436,8 +465,9 @@ mod tests {
 
     #[tokio::test]
     async fn budget_evicts_least_recently_used() {
-        // Eight blocks are set aside for read-ahead, two stay for blocks at rest.
-        let (cache, store, s) = setup(10 * BLOCK_SIZE);
+        // Eight blocks are set aside for read-ahead, two for reads' own fetches, two stay for
+        // blocks at rest.
+        let (cache, store, s) = setup(12 * BLOCK_SIZE);
         assert_eq!(cache.resting_budget(), 2 * BLOCK_SIZE);
         let (obj, _) = object(&store, "f", 4 * BLOCK_SIZE as usize);
         cache.read_blocks(&s, &obj, 0, 3).await.unwrap();
@@ -485,6 +515,30 @@ mod tests {
         let (obj, _) = object(&store, "f", 32 * BLOCK_SIZE as usize);
         assert_eq!(cache.prefetch(&s, &obj, 0, 31), 16);
         assert_eq!(cache.prefetch(&s, &obj, 16, 31), 0);
+    }
+
+    #[tokio::test]
+    async fn reads_beyond_the_in_flight_limit_wait_before_fetching() {
+        let (cache, store, s) = setup(64 << 20);
+        let (obj, data) = object(&store, "f", 4 * BLOCK_SIZE as usize);
+        // As if other reads had every permit, their GETs in flight.
+        let held = (cache.demand_permits.clone())
+            .acquire_many_owned(cache.demand_blocks)
+            .await
+            .unwrap();
+        let reading = tokio::spawn({
+            let (cache, s, obj) = (cache.clone(), s.clone(), obj.clone());
+            async move { cache.read_blocks(&s, &obj, 2, 2).await }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(store.count(Op::Get), 0, "no GET beyond the limit");
+        drop(held);
+        let blocks = reading.await.unwrap().unwrap();
+        let block = BLOCK_SIZE as usize;
+        assert_eq!(blocks.concat(), &data[2 * block..3 * block]);
+        assert_eq!(store.count(Op::Get), 1);
     }
 
     #[tokio::test]
