@@ -9,8 +9,8 @@
 //! aside for read-ahead GETs, a quarter of that again for GETs of reads that found their block
 //! neither cached nor coming (they wait for a permit), the rest holds blocks. Nothing else
 //! holds object data for long, so the budget bounds the memory of reads however many files are
-//! open. An optional
-//! disk tier ([`disk`]) keeps a copy of fetched blocks, for when they have left memory.
+//! open. An optional disk tier ([`disk`]) keeps a copy of fetched blocks, for when they have
+//! left memory.
 
 mod buffers;
 pub mod disk;
@@ -74,7 +74,7 @@ enum Demand {
 
 pub struct BlockCache {
     budget: u64,
-    /// The part of the budget for blocks at rest; the rest is for read-ahead in flight.
+    /// The part of the budget for blocks at rest; the rest is for GETs in flight.
     resting_budget: u64,
     disk: Option<Arc<disk::DiskTier>>,
     /// Blocks that read-ahead may have in flight at once, across all readers: without it, many
@@ -118,7 +118,7 @@ impl Pinned {
 }
 
 impl BlockCache {
-    /// A cache holding at most `budget` bytes of blocks in memory, read-ahead in flight included.
+    /// A cache holding at most `budget` bytes of blocks in memory, GETs in flight included.
     pub fn new(budget: u64) -> Self {
         Self::with_disk(budget, None)
     }
@@ -152,7 +152,7 @@ impl BlockCache {
         self.budget
     }
 
-    /// How many bytes of blocks memory holds at most, read-ahead in flight aside.
+    /// How many bytes of blocks memory holds at most, GETs in flight aside.
     pub fn resting_budget(&self) -> u64 {
         self.resting_budget
     }

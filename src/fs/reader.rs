@@ -118,10 +118,7 @@ impl Reader {
             && offset <= state.next + SEQUENTIAL_SLACK;
         let sequential = offset == state.next || (near && state.streaming);
         state.streaming = sequential;
-        state.next = state.next.max(end);
-        if !sequential {
-            state.next = end;
-        }
+        state.next = if sequential { state.next.max(end) } else { end };
         let Some(etag) = state.etag.clone().filter(|_| sequential) else {
             state.window = INITIAL_WINDOW;
             return Plan::Direct(state.etag.clone());
